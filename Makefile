@@ -1,0 +1,31 @@
+# `make test` and `make demo` work on a fresh machine: they create .venv and install what they need.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# 8 fake CPU devices: multi-device behaviour (meshes, sharding) is tested without accelerators.
+TEST_ENV := XLA_FLAGS="--xla_force_host_platform_device_count=8" JAX_PLATFORMS=cpu
+PYTEST_ARGS ?=
+
+.PHONY: install test lint bench-decode clean
+
+$(STAMP): setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test,port,tb]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: lint
+	$(TEST_ENV) $(PY) -m pytest -q tests $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check llmcxr_jax tests benchmarks
+	$(VENV)/bin/ruff format --check llmcxr_jax tests benchmarks
+
+bench-decode: $(STAMP)
+	JAX_PLATFORMS=cpu $(PY) benchmarks/decode.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,314 @@
+"""Autoregressive decoding with a functional KV cache.
+
+`prefill` runs the prompt once and returns the last position's logits and a cache; `extend`
+feeds new tokens one step at a time (jitted with the cache donated, so XLA updates it in place).
+`generate` runs prefill and then the whole sampling loop inside one `lax.while_loop`, stopping
+early once every row has emitted one of its stop tokens.
+
+Prompts may be left- or right-padded (any contiguous run of real tokens per row, given by
+`prompt_mask`): rows are first left-aligned, so that all rows share one cache write index while
+each row keeps its own positions.
+
+Sampling: greedy, or temperature with optional top-k and top-p (nucleus), always restricted to
+an allowed-id set: the padding rows of a TPU-padded vocabulary are never produced, and a caller
+may pass a per-call (or per-row) token mask, e.g. only image codes or only text.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from llmcxr_jax import sharding
+from llmcxr_jax.models.gpt_neox import GPTNeoX, KVCache
+
+Array = jax.Array
+
+
+@functools.partial(
+    jax.tree_util.register_dataclass,
+    data_fields=["temperature", "top_p"],
+    meta_fields=["greedy", "top_k"],
+)
+@dataclasses.dataclass(frozen=True)
+class Sampler:
+    """How the next token is picked. Changing `temperature` or `top_p` does not recompile."""
+
+    greedy: bool = False
+    temperature: float = 1.0
+    top_k: int = 0  # 0 = off
+    top_p: float = 1.0  # 1 = off
+
+    @classmethod
+    def argmax(cls) -> Sampler:
+        return cls(greedy=True)
+
+
+GREEDY = Sampler.argmax()
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class GenerateOutput:
+    """tokens [B, max_new] (pad_id after a row stops); lengths [B] count tokens up to and
+    including the stop token; stopped [B] says whether a stop token came."""
+
+    tokens: Array
+    lengths: Array
+    stopped: Array
+
+
+# --------------------------------------------------------------------------------------------
+# Sampling
+# --------------------------------------------------------------------------------------------
+
+
+def allowed_ids(vocab_size: int, padded_size: int, token_mask: Array | None, batch: int) -> Array:
+    """[B, padded_size] bool: ids below vocab_size, intersected with the caller's mask."""
+    base = jnp.arange(padded_size) < vocab_size
+    if token_mask is None:
+        return jnp.broadcast_to(base, (batch, padded_size))
+    m = jnp.asarray(token_mask, bool)
+    if m.shape[-1] < padded_size:
+        m = jnp.pad(m, [(0, 0)] * (m.ndim - 1) + [(0, padded_size - m.shape[-1])])
+    elif m.shape[-1] > padded_size:
+        raise ValueError(f"token mask covers {m.shape[-1]} ids; the model has {padded_size}")
+    return jnp.broadcast_to(base & m, (batch, padded_size))
+
+
+def sample_logits(logits: Array, rng: Array, sampler: Sampler, allowed: Array) -> Array:
+    """Next tokens [B] from fp32 logits [B, V]; disallowed ids have probability exactly 0."""
+    logits = jnp.where(allowed, logits.astype(jnp.float32), -jnp.inf)
+    if sampler.greedy:
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    logits = logits / sampler.temperature
+    if sampler.top_k:
+        kth = jax.lax.top_k(logits, sampler.top_k)[0][:, -1:]
+        logits = jnp.where(logits >= kth, logits, -jnp.inf)
+    # Nucleus: keep the smallest set of most likely ids whose probability reaches top_p (the
+    # most likely id is always kept). With top_p >= 1 the threshold keeps everything.
+    sorted_logits = jnp.sort(logits, axis=-1)[:, ::-1]
+    probs = jax.nn.softmax(sorted_logits, axis=-1)
+    mass_before = jnp.cumsum(probs, axis=-1) - probs
+    keep = mass_before < sampler.top_p
+    cutoff = jnp.min(jnp.where(keep, sorted_logits, jnp.inf), axis=-1, keepdims=True)
+    logits = jnp.where(logits >= cutoff, logits, -jnp.inf)
+    return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
+
+
+def is_stop(tokens: Array, stop_tokens: Array) -> Array:
+    """tokens [B], stop_tokens [B, K] (-1 = unused slot) -> [B] bool."""
+    return jnp.any(tokens[:, None] == stop_tokens, axis=-1)
+
+
+def stop_token_array(
+    stop_tokens: Sequence[int] | Sequence[Sequence[int]] | Array | None, batch: int
+) -> Array:
+    """Normalise stop tokens to [B, K] int32 padded with -1 (one list for all rows, or per row)."""
+    if stop_tokens is None:
+        return jnp.full((batch, 1), -1, jnp.int32)
+    if isinstance(stop_tokens, (jax.Array, np.ndarray)):
+        a = np.asarray(stop_tokens, np.int32)
+        return jnp.asarray(np.broadcast_to(a, (batch, a.shape[-1])) if a.ndim == 1 else a)
+    rows = list(stop_tokens)
+    if rows and all(isinstance(r, (int, np.integer)) for r in rows):
+        rows = [rows] * batch
+    if len(rows) != batch:
+        raise ValueError(f"{len(rows)} rows of stop tokens for a batch of {batch}")
+    k = max(1, max(len(r) for r in rows))
+    a = np.full((batch, k), -1, np.int32)
+    for i, r in enumerate(rows):
+        a[i, : len(r)] = r
+    return jnp.asarray(a)
+
+
+# --------------------------------------------------------------------------------------------
+# Prompts
+# --------------------------------------------------------------------------------------------
+
+
+def left_align(tokens: Array, mask: Array, pad_id: int = 0) -> tuple[Array, Array]:
+    """Shift each row's contiguous run of real tokens to end at the last column."""
+    P = tokens.shape[1]
+    mask = mask.astype(bool)
+    n = mask.sum(-1)
+    first = jnp.argmax(mask, axis=-1)  # start of the run (0 when the row is empty)
+    src = first[:, None] + jnp.arange(P)[None, :] - (P - n)[:, None]
+    valid = jnp.arange(P)[None, :] >= (P - n)[:, None]
+    out = jnp.take_along_axis(tokens, jnp.clip(src, 0, P - 1), axis=1)
+    return jnp.where(valid, out, pad_id), valid
+
+
+# --------------------------------------------------------------------------------------------
+# Prefill and extend
+# --------------------------------------------------------------------------------------------
+
+
+def _prefill(
+    graphdef: nnx.GraphDef,
+    state: nnx.State,
+    tokens: Array,
+    mask: Array,
+    cache_len: int,
+    pad_id: int,
+    layers: Any = None,
+) -> tuple[Array, KVCache, Array]:
+    model = nnx.merge(graphdef, state)
+    tokens, mask = left_align(tokens, mask, pad_id)
+    B, P = tokens.shape
+    n = mask.sum(-1).astype(jnp.int32)
+    positions = jnp.maximum(jnp.arange(P, dtype=jnp.int32)[None, :] - (P - n)[:, None], 0)
+    cache = KVCache.zeros(model.config, B, cache_len)
+    cache = dataclasses.replace(
+        cache,
+        k=tuple(sharding.constrain(k, sharding.K_CACHE_AXES) for k in cache.k),
+        v=tuple(sharding.constrain(v, sharding.V_CACHE_AXES) for v in cache.v),
+    )
+    hidden, cache = model.hidden_states(
+        tokens, positions, mask.astype(jnp.int32), cache, layers=layers
+    )
+    return model.logits(hidden[:, -1]), cache, n
+
+
+def _extend(
+    graphdef: nnx.GraphDef, state: nnx.State, tokens: Array, positions: Array, cache: KVCache
+) -> tuple[Array, KVCache]:
+    model = nnx.merge(graphdef, state)
+    seg = jnp.ones(tokens.shape, jnp.int32)
+    hidden, cache = model.hidden_states(tokens, positions, seg, cache)
+    return model.logits(hidden), cache
+
+
+_prefill_jit = jax.jit(_prefill, static_argnames=("graphdef", "cache_len", "pad_id"))
+_extend_jit = jax.jit(_extend, static_argnames=("graphdef",), donate_argnames=("cache",))
+
+
+def prefill(
+    model: GPTNeoX, tokens: Array, mask: Array | None = None, *, cache_len: int, pad_id: int = 0
+) -> tuple[Array, KVCache, Array]:
+    """Run padded prompts [B, P]. Returns (last logits [B, V], cache, next positions [B])."""
+    if mask is None:
+        mask = jnp.ones(tokens.shape, bool)
+    if cache_len < tokens.shape[1]:
+        raise ValueError(f"cache_len {cache_len} is shorter than the prompt ({tokens.shape[1]})")
+    graphdef, state = nnx.split(model)
+    return _prefill_jit(
+        graphdef, state, jnp.asarray(tokens), jnp.asarray(mask), cache_len=cache_len, pad_id=pad_id
+    )
+
+
+def extend(
+    model: GPTNeoX, tokens: Array, positions: Array, cache: KVCache
+) -> tuple[Array, KVCache]:
+    """Feed tokens [B, T] at positions [B, T]; returns logits [B, T, V]. `cache` is donated."""
+    graphdef, state = nnx.split(model)
+    return _extend_jit(graphdef, state, tokens, positions, cache)
+
+
+# --------------------------------------------------------------------------------------------
+# Generation
+# --------------------------------------------------------------------------------------------
+
+
+def _generate(
+    graphdef: nnx.GraphDef,
+    state: nnx.State,
+    tokens: Array,
+    mask: Array,
+    stop_tokens: Array,
+    allowed: Array,
+    rng: Array,
+    sampler: Sampler,
+    max_new_tokens: int,
+    pad_id: int,
+) -> GenerateOutput:
+    B, P = tokens.shape
+    model = nnx.merge(graphdef, state)
+    layers = model.unstack_layers()  # sliced once here, not at every step inside the loop
+    logits, cache, positions = _prefill(
+        graphdef, state, tokens, mask, P + max_new_tokens, pad_id, layers
+    )
+
+    def pick(step: Array, logits: Array, done: Array) -> tuple[Array, Array]:
+        tok = sample_logits(logits, jax.random.fold_in(rng, step), sampler, allowed)
+        tok = jnp.where(done, pad_id, tok)
+        return tok, done | is_stop(tok, stop_tokens)
+
+    first, done = pick(jnp.int32(0), logits, jnp.zeros((B,), bool))
+    out = jnp.full((B, max_new_tokens), pad_id, jnp.int32).at[:, 0].set(first)
+    lengths = jnp.ones((B,), jnp.int32)
+
+    def cond(carry: tuple[Any, ...]) -> Array:
+        step, _, _, _, _, done, _ = carry
+        return (step < max_new_tokens) & ~jnp.all(done)
+
+    def body(carry: tuple[Any, ...]) -> tuple[Any, ...]:
+        step, out, last, positions, cache, done, lengths = carry
+        hidden, cache = model.hidden_states(
+            last[:, None], positions[:, None], jnp.ones((B, 1), jnp.int32), cache, layers=layers
+        )
+        tok, new_done = pick(step, model.logits(hidden[:, 0]), done)
+        out = jax.lax.dynamic_update_slice(out, tok[:, None], (0, step))
+        lengths = lengths + (~done).astype(jnp.int32)
+        return step + 1, out, tok, positions + 1, cache, new_done, lengths
+
+    carry = (jnp.int32(1), out, first, positions, cache, done, lengths)
+    _, out, _, _, _, done, lengths = jax.lax.while_loop(cond, body, carry)
+    return GenerateOutput(tokens=out, lengths=lengths, stopped=done)
+
+
+_generate_jit = jax.jit(_generate, static_argnames=("graphdef", "max_new_tokens", "pad_id"))
+
+
+def generate(
+    model: GPTNeoX,
+    prompt_tokens: Array | np.ndarray,
+    prompt_mask: Array | np.ndarray | None = None,
+    *,
+    max_new_tokens: int,
+    sampler: Sampler = GREEDY,
+    stop_tokens: Sequence[int] | Sequence[Sequence[int]] | Array | None = None,
+    token_mask: Array | np.ndarray | None = None,
+    rng: Array | int = 0,
+    pad_id: int = 0,
+) -> GenerateOutput:
+    """Generate up to `max_new_tokens` for each prompt row.
+
+    prompt_tokens [B, P] with prompt_mask [B, P] (True on real tokens; left or right padding);
+    stop_tokens one list for all rows or a list per row; token_mask [V] or [B, V] of allowed ids.
+    """
+    prompt_tokens = jnp.asarray(prompt_tokens, jnp.int32)
+    B, P = prompt_tokens.shape
+    mask = jnp.ones((B, P), bool) if prompt_mask is None else jnp.asarray(prompt_mask, bool)
+    if mask.shape != (B, P):
+        raise ValueError(f"prompt_mask shape {mask.shape} differs from prompt_tokens {(B, P)}")
+    cfg = model.config
+    if P + max_new_tokens > cfg.max_position_embeddings:
+        raise ValueError(
+            f"prompt {P} + {max_new_tokens} new tokens exceed the model's "
+            f"{cfg.max_position_embeddings} positions"
+        )
+    if not sampler.greedy and not sampler.temperature > 0:
+        raise ValueError("sampling needs temperature > 0 (use Sampler.argmax() for greedy)")
+    allowed = allowed_ids(cfg.vocab_size, cfg.padded_vocab_size, token_mask, B)
+    key = jax.random.key(rng) if isinstance(rng, int) else rng
+    graphdef, state = nnx.split(model)
+    return _generate_jit(
+        graphdef,
+        state,
+        prompt_tokens,
+        mask,
+        stop_token_array(stop_tokens, B),
+        allowed,
+        key,
+        sampler,
+        max_new_tokens=max_new_tokens,
+        pad_id=pad_id,
+    )

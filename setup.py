@@ -1,0 +1,43 @@
+"""llmcxr_jax: LLM-CXR (multimodal chest X-ray LLM) reimplemented in JAX/Flax for TPUs."""
+
+from setuptools import find_packages, setup
+
+# Lower bounds are the versions measured together on this project's machines; caps stop at the
+# next minor release of the fast-moving packages so an upgrade is a deliberate change.
+INSTALL_REQUIRES = [
+    "jax>=0.10.2,<0.11",
+    "flax>=0.12.8,<0.13",
+    "optax>=0.2.8,<0.3",
+    "orbax-checkpoint>=0.12.8,<0.13",
+    "transformers>=5.24,<6",
+    "tokenizers>=0.23,<0.24",
+    "safetensors>=0.8,<0.9",
+    "ml-collections>=1.1,<1.2",
+    "clu>=0.0.12,<0.0.13",
+    "grain>=0.2.18,<0.3",
+    "numpy>=2.0,<3",
+    "ml-dtypes>=0.5,<1",
+    "tqdm>=4.66,<5",
+]
+
+EXTRAS = {
+    # torch is pinned exactly: a range resolves to a several-GB CUDA build on CPU machines.
+    "port": ["torch==2.13.0"],
+    "test": ["pytest>=8,<10", "pytest-xdist>=3.6,<4", "ruff>=0.6,<1"],
+    "tfds": ["tensorflow-datasets>=4.9.10,<4.10", "array-record>=0.8.6,<0.9"],
+    "tb": ["tensorboardX>=2.6,<3"],
+}
+
+setup(
+    name="llmcxr_jax",
+    version="0.1.0",
+    description="LLM-CXR in JAX/Flax: an instruction-finetuned LLM that reads and writes chest X-rays",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["llmcxr_jax", "llmcxr_jax.*"]),
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS,
+    entry_points={"console_scripts": ["llmcxr-jax=llmcxr_jax.cli:main"]},
+)
