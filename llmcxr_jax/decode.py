@@ -134,6 +134,15 @@ def stop_token_array(
 # --------------------------------------------------------------------------------------------
 
 
+def _check_prompt_mask(mask: np.ndarray) -> None:
+    """Each row must hold one contiguous, non-empty run of real tokens (left or right padding)."""
+    edges = np.diff(mask.astype(np.int8), axis=1, prepend=0, append=0)
+    runs = (edges == 1).sum(axis=1)
+    for i in np.flatnonzero(runs != 1):
+        what = "is empty" if runs[i] == 0 else f"has {runs[i]} separate runs of tokens"
+        raise ValueError(f"prompt row {i} {what}; each row needs one contiguous run")
+
+
 def left_align(tokens: Array, mask: Array, pad_id: int = 0) -> tuple[Array, Array]:
     """Shift each row's contiguous run of real tokens to end at the last column."""
     P = tokens.shape[1]
@@ -289,6 +298,7 @@ def generate(
     mask = jnp.ones((B, P), bool) if prompt_mask is None else jnp.asarray(prompt_mask, bool)
     if mask.shape != (B, P):
         raise ValueError(f"prompt_mask shape {mask.shape} differs from prompt_tokens {(B, P)}")
+    _check_prompt_mask(np.asarray(mask))
     cfg = model.config
     if P + max_new_tokens > cfg.max_position_embeddings:
         raise ValueError(

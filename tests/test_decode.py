@@ -183,3 +183,7 @@ def test_bad_arguments_are_explained(hf_and_ours):
         generate(model, np.ones((1, 3), int), max_new_tokens=2, sampler=Sampler(temperature=0))
     with pytest.raises(ValueError, match="prompt_mask"):
         generate(model, np.ones((1, 3), int), np.ones((1, 4), bool), max_new_tokens=2)
+    with pytest.raises(ValueError, match="prompt row 1 is empty"):
+        generate(model, np.ones((2, 3), int), [[1, 1, 1], [0, 0, 0]], max_new_tokens=2)
+    with pytest.raises(ValueError, match="prompt row 0 has 2 separate runs"):
+        generate(model, np.ones((1, 4), int), [[1, 0, 1, 1]], max_new_tokens=2)
