@@ -13,6 +13,7 @@ $(STAMP): setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test,port,tb]'
+	$(PY) -m pip install --quiet --no-deps taming-transformers-rom1504==0.0.6
 	touch $(STAMP)
 
 install: $(STAMP)

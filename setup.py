@@ -18,13 +18,19 @@ INSTALL_REQUIRES = [
     "numpy>=2.0,<3",
     "ml-dtypes>=0.5,<1",
     "tqdm>=4.66,<5",
+    "pillow>=10,<14",
+    "pydicom>=3.0,<3.1",
+    "pyyaml>=6.0,<7",
+    "array-record>=0.8.6,<0.9",
 ]
 
 EXTRAS = {
     # torch is pinned exactly: a range resolves to a several-GB CUDA build on CPU machines.
     "port": ["torch==2.13.0"],
-    "test": ["pytest>=8,<10", "pytest-xdist>=3.6,<4", "ruff>=0.6,<1"],
-    "tfds": ["tensorflow-datasets>=4.9.10,<4.10", "array-record>=0.8.6,<0.9"],
+    # taming's reference modules need einops; the package itself (taming-transformers-rom1504)
+    # is installed with --no-deps by the Makefile, since its pins would pull an old torch.
+    "test": ["pytest>=8,<10", "pytest-xdist>=3.6,<4", "ruff>=0.6,<1", "einops>=0.8,<0.9"],
+    "tfds": ["tensorflow-datasets>=4.9.10,<4.10"],
     "tb": ["tensorboardX>=2.6,<3"],
 }
 

@@ -11,7 +11,7 @@ from conftest import tiny_hf_model
 from safetensors.numpy import load_file, save_file
 
 from llmcxr_jax import checkpoint, cli
-from llmcxr_jax.convert import hf_gpt_neox
+from llmcxr_jax.convert import hf_gpt_neox, mapping
 from llmcxr_jax.convert.hf_gpt_neox import ConversionError, import_hf, load_hf_model
 
 TOKENS = np.random.default_rng(0).integers(0, 211, (2, 19))
@@ -203,7 +203,7 @@ def test_existing_checkpoint_is_not_overwritten(hf_dir, tmp_path):
 
 
 def test_every_rule_is_its_own_inverse():
-    """One table serves both directions: to_hf(to_jax(x)) == x for every rule."""
+    """One table serves both directions: to_torch(to_jax(x)) == x for every rule."""
     from llmcxr_jax.models.gpt_neox import abstract_model, get_preset
 
     c = get_preset("tiny", vocab_size=200, vocab_pad_multiple=128)
@@ -211,10 +211,10 @@ def test_every_rule_is_its_own_inverse():
     assert set(shapes) == {r.path for r in hf_gpt_neox.active_rules(c)}  # table covers the model
     rng = np.random.default_rng(0)
     for rule in hf_gpt_neox.active_rules(c):
-        hf_shape = hf_gpt_neox._hf_shape(rule, c, shapes[rule.path])
+        hf_shape = mapping.torch_shape(rule, shapes[rule.path], c)
         x = rng.normal(size=hf_shape).astype(np.float32)
         ours = rule.transform.to_jax(x, c)
         want = shapes[rule.path][1:] if rule.per_layer else shapes[rule.path]
-        assert ours.shape == want, rule.hf
-        np.testing.assert_array_equal(rule.transform.to_hf(ours, c), x, err_msg=rule.hf)
+        assert ours.shape == want, rule.key
+        np.testing.assert_array_equal(rule.transform.to_torch(ours, c), x, err_msg=rule.key)
     assert abstract_model(c).embed_out.shape == (256, 64)

@@ -15,7 +15,6 @@ true size (padding rows dropped).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import re
@@ -23,11 +22,19 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import jax
-import ml_dtypes
 import numpy as np
 from tqdm.auto import tqdm
 
+from llmcxr_jax.convert.mapping import (
+    IDENTITY,
+    ConversionError,
+    Rule,
+    Transform,
+    read_params,
+    to_numpy,
+    torch_tensors,
+    tree_shapes,
+)
 from llmcxr_jax.models.gpt_neox import (
     GPTNeoX,
     GPTNeoXConfig,
@@ -44,23 +51,9 @@ IGNORED_KEYS = re.compile(
 )
 
 
-class ConversionError(ValueError):
-    """A Hugging Face directory that does not hold the GPT-NeoX we expect."""
-
-
 # --------------------------------------------------------------------------------------------
 # The mapping table
 # --------------------------------------------------------------------------------------------
-
-Fn = Callable[[Any, GPTNeoXConfig], Any]
-
-
-@dataclasses.dataclass(frozen=True)
-class Transform:
-    """A pair of inverse functions between one HF tensor and our array (one layer's slice)."""
-
-    to_jax: Fn
-    to_hf: Fn
 
 
 def _pad_rows(x: np.ndarray, c: GPTNeoXConfig) -> np.ndarray:
@@ -68,7 +61,6 @@ def _pad_rows(x: np.ndarray, c: GPTNeoXConfig) -> np.ndarray:
     return np.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1)) if pad else x
 
 
-IDENTITY = Transform(lambda x, c: x, lambda x, c: x)
 # [V, D] <-> [Vp, D]: padding rows added on import, dropped on export.
 VOCAB_ROWS = Transform(_pad_rows, lambda x, c: x[: c.vocab_size])
 # Our kernels keep HF's [out, in] orientation; only the head axes are split out.
@@ -88,21 +80,13 @@ OUT_KERNEL = Transform(
 )
 
 
-@dataclasses.dataclass(frozen=True)
-class Rule:
-    hf: str  # HF key; "{i}" marks a per-layer tensor
-    path: tuple[str, ...]  # key path in our parameter tree
-    transform: Transform
-    when: Callable[[GPTNeoXConfig], bool] = lambda c: True
-    aliases: tuple[str, ...] = ()  # other HF spellings accepted on import
-
-    @property
-    def per_layer(self) -> bool:
-        return "{i}" in self.hf
-
-
 _L = "gpt_neox.layers.{i}."
 _has_bias: Callable[[GPTNeoXConfig], bool] = lambda c: c.attention_bias
+# Rules that exist only for some configs: {HF key: condition}.
+CONDITIONAL = {
+    _L + "attention.query_key_value.bias": _has_bias,
+    _L + "attention.dense.bias": _has_bias,
+}
 
 MAPPING: tuple[Rule, ...] = (
     Rule("gpt_neox.embed_in.weight", ("embed_in",), VOCAB_ROWS),
@@ -129,12 +113,9 @@ MAPPING: tuple[Rule, ...] = (
         _L + "attention.query_key_value.bias",
         ("layers", "attention", "qkv_bias"),
         QKV_BIAS,
-        when=_has_bias,
     ),
     Rule(_L + "attention.dense.weight", ("layers", "attention", "out_kernel"), OUT_KERNEL),
-    Rule(
-        _L + "attention.dense.bias", ("layers", "attention", "out_bias"), IDENTITY, when=_has_bias
-    ),
+    Rule(_L + "attention.dense.bias", ("layers", "attention", "out_bias"), IDENTITY),
     Rule(_L + "mlp.dense_h_to_4h.weight", ("layers", "mlp", "in_kernel"), IDENTITY),
     Rule(_L + "mlp.dense_h_to_4h.bias", ("layers", "mlp", "in_bias"), IDENTITY),
     Rule(_L + "mlp.dense_4h_to_h.weight", ("layers", "mlp", "out_kernel"), IDENTITY),
@@ -143,7 +124,7 @@ MAPPING: tuple[Rule, ...] = (
 
 
 def active_rules(config: GPTNeoXConfig) -> list[Rule]:
-    return [r for r in MAPPING if r.when(config)]
+    return [r for r in MAPPING if CONDITIONAL.get(r.key, lambda c: True)(config)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -314,8 +295,7 @@ class TensorFiles:
     def get(self, key: str) -> np.ndarray:
         h = self._open[self._where[key]]
         if isinstance(h, dict):  # torch state dict
-            t = h[key]
-            return t.float().numpy() if t.dtype.is_floating_point else t.numpy()
+            return to_numpy(h[key])
         try:
             return h.get_tensor(key)
         except Exception as e:
@@ -327,30 +307,8 @@ class TensorFiles:
 # --------------------------------------------------------------------------------------------
 
 
-def _hf_shape(rule: Rule, c: GPTNeoXConfig, ours: tuple[int, ...]) -> tuple[int, ...]:
-    """The HF shape a rule expects, derived from our shape through its `to_hf` (no data)."""
-    one = ours[1:] if rule.per_layer else ours
-    out = jax.eval_shape(
-        lambda x: rule.transform.to_hf(x, c), jax.ShapeDtypeStruct(one, np.float32)
-    )
-    return tuple(out.shape)
-
-
-def _nested_set(tree: dict, path: tuple[str, ...], value: Any) -> None:
-    for p in path[:-1]:
-        tree = tree.setdefault(p, {})
-    tree[path[-1]] = value
-
-
-def _nested_get(tree: dict, path: tuple[str, ...]) -> Any:
-    for p in path:
-        tree = tree[p]
-    return tree
-
-
 def _our_shapes(config: GPTNeoXConfig) -> dict[tuple[str, ...], tuple[int, ...]]:
-    flat = jax.tree_util.tree_flatten_with_path(params_of(abstract_model(config)))[0]
-    return {tuple(k.key for k in path): tuple(a.shape) for path, a in flat}
+    return tree_shapes(params_of(abstract_model(config)))
 
 
 def read_hf_config(hf_dir: str | os.PathLike, **execution: Any) -> GPTNeoXConfig:
@@ -373,49 +331,16 @@ def import_hf(
 ) -> tuple[GPTNeoXConfig, dict[str, Any]]:
     """Read a HF GPT-NeoX directory into (config, parameter tree of numpy arrays)."""
     config = read_hf_config(hf_dir, param_dtype=param_dtype, vocab_pad_multiple=vocab_pad_multiple)
-    files = TensorFiles(hf_dir)
-    ours = _our_shapes(config)
-    rules = active_rules(config)
-    missing_in_table = set(ours) - {r.path for r in rules}
-    if missing_in_table:  # a model change the table does not know about
-        raise ConversionError(
-            f"mapping table has no rule for parameters {sorted(missing_in_table)}"
-        )
-    dtype = np.dtype(ml_dtypes.bfloat16) if param_dtype == "bfloat16" else np.dtype(param_dtype)
-    used: set[str] = set()
-    params: dict[str, Any] = {}
-
-    def read(rule: Rule, i: int, shape: tuple[int, ...]) -> np.ndarray:
-        names = [k.format(i=i) for k in (rule.hf, *rule.aliases)]
-        key = next((k for k in names if k in files), None)
-        if key is None:
-            raise ConversionError(f"{hf_dir}: missing tensor {names[0]} (expected shape {shape})")
-        got = files.shape(key)
-        if got != shape:
-            raise ConversionError(
-                f"{hf_dir}: tensor {key} has shape {got}, expected {shape} from config.json"
-            )
-        used.add(key)
-        return rule.transform.to_jax(files.get(key), config).astype(dtype)
-
-    for rule in tqdm(rules, desc="import-hf", disable=not progress):
-        shape = ours[rule.path]
-        hf_shape = _hf_shape(rule, config, shape)
-        if rule.per_layer:
-            out = np.empty(shape, dtype)
-            for i in range(config.num_layers):
-                out[i] = read(rule, i, hf_shape)
-        else:
-            out = read(rule, 0, hf_shape)
-        _nested_set(params, rule.path, out)
-
-    unexpected = sorted(k for k in files.names() if k not in used and not IGNORED_KEYS.match(k))
-    if unexpected:
-        more = f" and {len(unexpected) - 5} more" if len(unexpected) > 5 else ""
-        raise ConversionError(
-            f"{hf_dir}: unexpected tensors {unexpected[:5]}{more} "
-            f"(shapes {[files.shape(k) for k in unexpected[:5]]})"
-        )
+    params = read_params(
+        active_rules(config),
+        TensorFiles(hf_dir),
+        _our_shapes(config),
+        config,
+        where=str(hf_dir),
+        dtype=param_dtype,
+        ignore=IGNORED_KEYS,
+        progress=lambda rules: tqdm(rules, desc="import-hf", disable=not progress),
+    )
     return config, params
 
 
@@ -433,16 +358,7 @@ def hf_tensors(
     config: GPTNeoXConfig, params: dict[str, Any], dtype: str = "float32"
 ) -> Iterator[tuple[str, np.ndarray]]:
     """(HF key, tensor) pairs for a parameter tree, in table order."""
-    np_dtype = np.dtype(ml_dtypes.bfloat16) if dtype == "bfloat16" else np.dtype(dtype)
-    for rule in active_rules(config):
-        ours = np.asarray(jax.device_get(_nested_get(params, rule.path)))
-        slices = (
-            [(rule.hf.format(i=i), ours[i]) for i in range(config.num_layers)]
-            if rule.per_layer
-            else [(rule.hf, ours)]
-        )
-        for key, x in slices:
-            yield key, np.ascontiguousarray(rule.transform.to_hf(x, config).astype(np_dtype))
+    return torch_tensors(active_rules(config), params, config, dtype)
 
 
 def export_hf(
