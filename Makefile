@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 TEST_ENV := XLA_FLAGS="--xla_force_host_platform_device_count=8" JAX_PLATFORMS=cpu
 PYTEST_ARGS ?=
 
-.PHONY: install test lint bench-decode clean
+.PHONY: install test lint bench-decode bench-vqgan clean
 
 $(STAMP): setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,9 @@ lint: $(STAMP)
 
 bench-decode: $(STAMP)
 	JAX_PLATFORMS=cpu $(PY) benchmarks/decode.py
+
+bench-vqgan: $(STAMP)
+	JAX_PLATFORMS=cpu $(PY) benchmarks/vqgan.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

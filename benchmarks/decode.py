@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import tempfile
 import time
 
@@ -22,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 import transformers
+from timing import median_seconds
 
 from llmcxr_jax.convert.hf_gpt_neox import load_hf_model
 from llmcxr_jax.decode import generate
@@ -38,15 +38,6 @@ def read_bandwidth_gbs(nbytes: int = 1 << 30, reps: int = 5) -> float:
         f(x).block_until_ready()
         best = min(best, time.perf_counter() - t)
     return nbytes / best / 1e9
-
-
-def timed(fn, reps: int) -> float:
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -122,8 +113,8 @@ def main() -> None:
 
         ref = run_torch().numpy()[:, args.prompt :]
         ours = np.asarray(run_jax().tokens)  # also compiles
-        t_pt = timed(run_torch, args.reps)
-        t_jax = timed(run_jax, args.reps)
+        t_pt = median_seconds(run_torch, args.reps, warmup=False)
+        t_jax = median_seconds(run_jax, args.reps, warmup=False)
         steps = args.new_tokens
         cache_bytes = 2 * cfg.num_layers * b * (args.prompt + steps) * cfg.hidden_size * 4
         floor_ms = (per_step_param_bytes + cache_bytes) / (bw * 1e9) * 1e3

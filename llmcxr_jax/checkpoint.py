@@ -1,14 +1,16 @@
-"""Model checkpoints: parameters in Orbax, the architecture beside them as JSON.
+"""Model checkpoints: variables in Orbax, the architecture beside them as JSON.
 
 Layout of a model checkpoint directory:
-    model_config.json   {"model_type": "gpt_neox", "config": {...GPTNeoXConfig...}}
-    params/             Orbax PyTree checkpoint of the parameter tree (nnx pure dict)
+    model_config.json   {"model_type": "gpt_neox" | "vqgan" | ..., "config": {...}}
+    params/             Orbax PyTree checkpoint of the model's variables (nnx pure dict)
 
+Every model kind of the project is listed in `KINDS`; the config's class says which it is.
 Training checkpoints (optimizer state, step, data iterator) build on this in `train/`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -20,13 +22,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from llmcxr_jax import sharding
-from llmcxr_jax.models.gpt_neox import (
-    GPTNeoX,
-    GPTNeoXConfig,
-    abstract_model,
-    model_from_params,
-    params_of,
-)
+from llmcxr_jax.models import common
 
 CONFIG_FILE = "model_config.json"
 PARAMS_DIR = "params"
@@ -36,6 +32,32 @@ class CheckpointError(RuntimeError):
     """A checkpoint that is missing, truncated or does not match its config."""
 
 
+@dataclasses.dataclass(frozen=True)
+class Kind:
+    config_cls: type
+    model_cls: type
+    execution_fields: tuple[str, ...]  # config fields a load may change
+
+
+def kinds() -> dict[str, Kind]:
+    from llmcxr_jax.models import densenet, gpt_neox, vqgan
+
+    return {
+        "gpt_neox": Kind(
+            gpt_neox.GPTNeoXConfig, gpt_neox.GPTNeoX, gpt_neox.GPTNeoXConfig.EXECUTION_FIELDS
+        ),
+        "vqgan": Kind(vqgan.VQGANConfig, vqgan.VQGAN, ("dtype",)),
+        "densenet": Kind(densenet.DenseNetConfig, densenet.DenseNet, ("dtype",)),
+    }
+
+
+def model_type_of(config: Any) -> str:
+    for name, kind in kinds().items():
+        if isinstance(config, kind.config_cls):
+            return name
+    raise TypeError(f"no checkpoint kind for config type {type(config).__name__}")
+
+
 def _abs(path: str | os.PathLike) -> str:
     p = str(path)
     return p if "://" in p else os.path.abspath(p)
@@ -43,12 +65,13 @@ def _abs(path: str | os.PathLike) -> str:
 
 def save_params(
     path: str | os.PathLike,
-    config: GPTNeoXConfig,
+    config: Any,
     params: dict[str, Any],
     *,
     overwrite: bool = False,
 ) -> None:
-    """Write `params` (a pure dict of arrays) and `config` to the directory `path`."""
+    """Write a model's variables (a pure dict of arrays) and `config` to the directory `path`."""
+    model_type = model_type_of(config)
     root = Path(_abs(path))
     if (root / PARAMS_DIR).exists() and not overwrite:
         raise FileExistsError(f"{root} already holds a checkpoint (pass overwrite to replace it)")
@@ -57,15 +80,16 @@ def save_params(
         ckptr.save(root / PARAMS_DIR, params, force=overwrite)
         ckptr.wait_until_finished()
     # The config is written last: its presence marks a complete checkpoint.
-    meta = {"model_type": "gpt_neox", "config": config.to_dict()}
+    meta = {"model_type": model_type, "config": config.to_dict()}
     (root / CONFIG_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
 
 
-def save_model(path: str | os.PathLike, model: GPTNeoX, *, overwrite: bool = False) -> None:
-    save_params(path, model.config, params_of(model), overwrite=overwrite)
+def save_model(path: str | os.PathLike, model: nnx.Module, *, overwrite: bool = False) -> None:
+    save_params(path, model.config, common.variables_of(model), overwrite=overwrite)
 
 
-def load_config(path: str | os.PathLike) -> GPTNeoXConfig:
+def load_config(path: str | os.PathLike, expect: str | None = None) -> Any:
+    """The config stored in a checkpoint; `expect` names the model type the caller needs."""
     f = Path(_abs(path)) / CONFIG_FILE
     if not f.exists():
         raise CheckpointError(f"{path}: no {CONFIG_FILE}; not a model checkpoint, or incomplete")
@@ -73,25 +97,36 @@ def load_config(path: str | os.PathLike) -> GPTNeoXConfig:
         meta = json.loads(f.read_text())
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{f}: unreadable JSON ({e})") from e
-    if meta.get("model_type") != "gpt_neox":
-        raise CheckpointError(f"{f}: model_type {meta.get('model_type')!r}, expected 'gpt_neox'")
-    return GPTNeoXConfig.from_dict(meta["config"])
+    model_type = meta.get("model_type")
+    known = kinds()
+    if model_type not in known or (expect and model_type != expect):
+        want = repr(expect) if expect else f"one of {sorted(known)}"
+        raise CheckpointError(f"{f}: model_type {model_type!r}, expected {want}")
+    try:
+        return known[model_type].config_cls.from_dict(meta["config"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{f}: invalid {model_type} config ({e})") from e
 
 
 def load_model(
-    path: str | os.PathLike, *, mesh: jax.sharding.Mesh | None = None, **overrides: Any
-) -> GPTNeoX:
-    """Restore a model; `overrides` change execution options (dtype, scan_layers, remat_policy).
+    path: str | os.PathLike,
+    *,
+    mesh: jax.sharding.Mesh | None = None,
+    expect: str | None = "gpt_neox",
+    **overrides: Any,
+) -> Any:
+    """Restore a model; `overrides` change execution options (dtype, scan_layers, ...).
 
-    With a `mesh`, every parameter is restored directly into its sharding (no host copy of the
-    whole model).
+    With a `mesh`, every variable is restored directly into its sharding (no host copy of the
+    whole model). `expect` is the model type wanted (None accepts any).
     """
-    config = load_config(path)
-    bad = set(overrides) - set(GPTNeoXConfig.EXECUTION_FIELDS)
+    config = load_config(path, expect)
+    kind = kinds()[model_type_of(config)]
+    bad = set(overrides) - set(kind.execution_fields)
     if bad:
         raise ValueError(f"only execution options can be overridden at load; got {sorted(bad)}")
     config = config.replace(**overrides)
-    abstract_state = nnx.state(abstract_model(config), nnx.Param)
+    abstract_state = nnx.state(common.abstract(kind.model_cls, config))
     abstract = nnx.to_pure_dict(abstract_state)
     if mesh is not None:
         shardings = nnx.to_pure_dict(sharding.state_shardings(abstract_state, mesh))
@@ -108,7 +143,7 @@ def load_model(
     except Exception as e:  # orbax raises many types; name the file and keep the cause
         raise CheckpointError(f"{params_dir}: cannot restore parameters: {e}") from e
     _check_shapes(params_dir, target, restored)
-    return model_from_params(config, restored)
+    return common.with_variables(kind.model_cls, config, restored)
 
 
 def _check_shapes(where: Path, target: Any, restored: Any) -> None:

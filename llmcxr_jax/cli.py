@@ -41,6 +41,68 @@ def _export_hf(args: argparse.Namespace) -> None:
     print(f"export-hf: {args.checkpoint} -> {out} ({model.config.vocab_size} tokens, {args.dtype})")
 
 
+def _import_taming(args: argparse.Namespace) -> None:
+    from llmcxr_jax import checkpoint
+    from llmcxr_jax.convert import taming
+
+    config, params, skipped = taming.import_taming(args.ckpt, args.config)
+    checkpoint.save_params(args.out, config, params, overwrite=args.overwrite)
+    note = ""
+    if skipped:
+        note = (
+            f"; ignored {len(skipped)} loss.* tensors (LPIPS and discriminator: "
+            "train-vqgan --config.init.taming_ckpt ports them)"
+        )
+    print(
+        f"import-taming: {args.ckpt} -> {args.out}: {config.resolution}px, "
+        f"{config.num_codes} codes per image, codebook {config.n_embed}x{config.embed_dim}{note}"
+    )
+
+
+def _export_taming(args: argparse.Namespace) -> None:
+    from llmcxr_jax import checkpoint
+    from llmcxr_jax.convert import taming
+    from llmcxr_jax.models import common
+
+    model = checkpoint.load_model(args.checkpoint, expect="vqgan")
+    ckpt, yml = taming.export_taming(model.config, common.variables_of(model), args.out)
+    print(f"export-taming: {args.checkpoint} -> {ckpt} and {yml}")
+
+
+def _encode_images(args: argparse.Namespace) -> None:
+    from llmcxr_jax import checkpoint
+    from llmcxr_jax.data import encode, image_sources
+
+    model = checkpoint.load_model(args.checkpoint, expect="vqgan")
+    source = image_sources.make_source(args.source, model.config.resolution)
+    report = encode.encode_dataset(
+        model,
+        source,
+        args.out,
+        batch_size=args.batch_size,
+        shard_size=args.shard_size,
+        provenance={"checkpoint": str(args.checkpoint), "source": args.source},
+    )
+    print(
+        f"encode-images: {report.records} images encoded into {args.out} "
+        f"({report.shards_written} shards written, {report.shards_skipped} already done)"
+        + (
+            f"; {report.errors} unreadable, listed in {args.out}/errors-*.jsonl"
+            if report.errors
+            else ""
+        )
+    )
+
+
+def _train_vqgan(args: argparse.Namespace) -> None:
+    from llmcxr_jax import configs
+    from llmcxr_jax.train import vqgan
+
+    config = configs.load(args.config, args.overrides)
+    metrics = vqgan.train(config, args.workdir)
+    print(f"train-vqgan: {args.workdir}: {vqgan.summary(metrics)}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="llmcxr-jax",
@@ -73,15 +135,52 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="directory for config.json + safetensors")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.set_defaults(func=_export_hf)
+
+    p = sub.add_parser("import-taming", help="VQ-GAN weights from a taming-transformers .ckpt")
+    p.add_argument("--ckpt", required=True, help="taming / Lightning checkpoint (.ckpt)")
+    p.add_argument("--config", required=True, help="taming's YAML config for it")
+    p.add_argument("--out", required=True, help="model checkpoint directory to write")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_import_taming)
+
+    p = sub.add_parser("export-taming", help="VQ-GAN weights to a taming-transformers .ckpt")
+    p.add_argument("--checkpoint", required=True, help="VQ-GAN model checkpoint directory")
+    p.add_argument("--out", required=True, help=".ckpt file to write (a .yaml goes beside it)")
+    p.set_defaults(func=_export_taming)
+
+    p = sub.add_parser("encode-images", help="pre-tokenise a data set's images into codes")
+    p.add_argument("--checkpoint", required=True, help="VQ-GAN model checkpoint directory")
+    p.add_argument("--source", required=True, help="folder:DIR or synthetic:N")
+    p.add_argument("--out", required=True, help="directory for the code shards")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--shard-size", type=int, default=1024)
+    p.set_defaults(func=_encode_images)
+
+    p = sub.add_parser(
+        "train-vqgan",
+        help="train (or resume) a VQ-GAN with the clinical-information-preserving loss",
+        description="Extra --config.key=value arguments override fields of the config file.",
+    )
+    p.add_argument("--config", required=True, help="configs/vqgan_*.py[:arg]")
+    p.add_argument("--workdir", required=True, help="where checkpoints, metrics and samples go")
+    p.set_defaults(func=_train_vqgan, takes_overrides=True)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if getattr(args, "takes_overrides", False):
+        bad = [a for a in extra if not a.startswith("--config.")]
+        if bad:
+            parser.error(f"unrecognized arguments: {' '.join(bad)}")
+        args.overrides = extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     func: Callable[[argparse.Namespace], None] = args.func
     try:
         func(args)
-    except (ValueError, FileExistsError, FileNotFoundError, RuntimeError) as e:
+    except (ValueError, KeyError, TypeError, FileExistsError, FileNotFoundError, RuntimeError) as e:
         # Bad input is the user's to fix: one line naming the file and the problem.
         print(f"llmcxr-jax {args.command}: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None

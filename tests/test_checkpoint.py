@@ -67,5 +67,9 @@ def test_missing_or_foreign_config_is_named(saved, tmp_path):
     meta = json.loads((path / "model_config.json").read_text())
     meta["model_type"] = "vqgan"
     (path / "model_config.json").write_text(json.dumps(meta))
-    with pytest.raises(CheckpointError, match="expected 'gpt_neox'"):
+    with pytest.raises(CheckpointError, match="model_type 'vqgan', expected 'gpt_neox'"):
+        checkpoint.load_model(path)
+    meta["model_type"] = "resnet"
+    (path / "model_config.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="model_type 'resnet', expected 'gpt_neox'"):
         checkpoint.load_model(path)

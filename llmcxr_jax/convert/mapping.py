@@ -51,7 +51,7 @@ CONV = Transform(
 @dataclasses.dataclass(frozen=True)
 class Rule:
     key: str  # PyTorch key; "{i}" marks a per-layer tensor stacked on our leading axis
-    path: tuple[str, ...]  # key path in our parameter tree
+    path: tuple[str | int, ...]  # key path in our parameter tree (ints index nnx.List)
     transform: Transform = IDENTITY
     aliases: tuple[str, ...] = ()  # other PyTorch spellings accepted on import
 
@@ -133,13 +133,13 @@ def load_torch_state_dict(path: str | os.PathLike, *, key: str | None = "state_d
 # --------------------------------------------------------------------------------------------
 
 
-def nested_get(tree: Mapping, path: tuple[str, ...]) -> Any:
+def nested_get(tree: Mapping, path: tuple[Any, ...]) -> Any:
     for p in path:
         tree = tree[p]
     return tree
 
 
-def nested_set(tree: dict, path: tuple[str, ...], value: Any) -> None:
+def nested_set(tree: dict, path: tuple[Any, ...], value: Any) -> None:
     for p in path[:-1]:
         tree = tree.setdefault(p, {})
     tree[path[-1]] = value
@@ -148,7 +148,10 @@ def nested_set(tree: dict, path: tuple[str, ...], value: Any) -> None:
 def tree_shapes(params: Mapping) -> dict[tuple[str, ...], tuple[int, ...]]:
     """{path: shape} of every array in a nested-dict parameter tree (arrays or abstract)."""
     flat = jax.tree_util.tree_flatten_with_path(params)[0]
-    return {tuple(str(getattr(k, "key", k)) for k in path): tuple(a.shape) for path, a in flat}
+    return {
+        tuple(getattr(k, "key", getattr(k, "idx", k)) for k in path): tuple(a.shape)
+        for path, a in flat
+    }
 
 
 def torch_shape(rule: Rule, ours: tuple[int, ...], ctx: Any) -> tuple[int, ...]:

@@ -32,6 +32,7 @@ from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
 from llmcxr_jax import sharding
+from llmcxr_jax.models import common
 
 Array = jax.Array
 
@@ -632,18 +633,14 @@ def count_params(model: nnx.Module) -> int:
 
 def abstract_model(config: GPTNeoXConfig) -> GPTNeoX:
     """The model with ShapeDtypeStructs for parameters: nothing is allocated."""
-    return nnx.eval_shape(lambda: GPTNeoX(config, rngs=nnx.Rngs(0)))
+    return common.abstract(GPTNeoX, config)
 
 
-def params_of(model: nnx.Module) -> dict[str, Any]:
+def params_of(model: GPTNeoX) -> dict[str, Any]:
     """The parameter tree of a model as a plain nested dict of arrays (what we checkpoint)."""
-    return nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    return common.variables_of(model)
 
 
 def model_from_params(config: GPTNeoXConfig, params: dict[str, Any]) -> GPTNeoX:
     """A model of `config` holding `params` (a tree shaped like `params_of`'s)."""
-    model = abstract_model(config)
-    state = nnx.state(model, nnx.Param)
-    nnx.replace_by_pure_dict(state, jax.tree.map(jnp.asarray, params))
-    nnx.update(model, state)
-    return model
+    return common.with_variables(GPTNeoX, config, params)

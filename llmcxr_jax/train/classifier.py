@@ -1,0 +1,65 @@
+"""Training the CXR classifier the clinical loss uses when no pretrained weights are given.
+
+A DenseNet (the `tiny` preset for the demo, DenseNet-121 for real data) trained on the data
+set's own labels with multi-label binary cross-entropy, inputs prepared exactly as for
+torchxrayvision's models (`densenet.xrv_preprocess`), so a pretrained torchxrayvision DenseNet
+and this one are interchangeable in the loss. BatchNorm uses batch statistics while training
+and running statistics afterwards.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from flax import nnx
+from tqdm.auto import tqdm
+
+from llmcxr_jax import sharding
+from llmcxr_jax.models import densenet
+from llmcxr_jax.train.data import ImageBatches
+
+
+def make_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, image_size: int):
+    def step(params: nnx.State, stats: nnx.State, opt: Any, batch: dict[str, jax.Array]):
+        def loss_fn(p: nnx.State, s: nnx.State):
+            model = nnx.merge(graphdef, p, s)
+            logits = model(densenet.xrv_preprocess(batch["image"], image_size), train=True)
+            loss = optax.sigmoid_binary_cross_entropy(logits, batch["labels"]).mean()
+            acc = jnp.mean((logits > 0) == (batch["labels"] > 0.5))
+            return loss, (nnx.state(model, nnx.BatchStat), acc)
+
+        # BatchStats are mutated inside, so they must be traced at this level too: they are
+        # differentiated as well (their gradient is zero and dropped).
+        grad_fn = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)
+        (loss, (new_stats, acc)), (grads, _) = grad_fn(params, stats)
+        updates, opt = tx.update(grads, opt, params)
+        return optax.apply_updates(params, updates), new_stats, opt, {"loss": loss, "acc": acc}
+
+    return step
+
+
+def train(
+    c: ml_collections.ConfigDict, source: Any, *, seed: int = 0, progress: bool = True
+) -> densenet.DenseNet:
+    """A DenseNet trained for `c.train_steps` steps on `source`'s images and labels."""
+    cfg = densenet.get_preset(c.preset, num_classes=source.num_labels, in_channels=1)
+    model = densenet.DenseNet(cfg, rngs=nnx.Rngs(seed))
+    graphdef, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+    tx = optax.adam(c.lr)
+    opt = tx.init(params)
+    step = jax.jit(make_step(graphdef, tx, cfg.image_size), donate_argnums=(0, 1, 2))
+    mesh = sharding.make_mesh(tuple(c.get("mesh", (1, 1, 1))))
+    data = ml_collections.ConfigDict(
+        {"batch_size": c.batch_size, "seed": seed, "num_threads": c.get("num_threads", 4)}
+    )
+    batches = ImageBatches(source, data, mesh, keys=("image", "labels"))
+    bar = tqdm(range(c.train_steps), desc="train-classifier", disable=not progress)
+    metrics: dict[str, Any] = {}
+    for _ in bar:
+        params, stats, opt, metrics = step(params, stats, opt, batches.next())
+        bar.set_postfix(loss=f"{float(metrics['loss']):.3f}", acc=f"{float(metrics['acc']):.2f}")
+    return nnx.merge(graphdef, params, stats)

@@ -1,0 +1,492 @@
+"""VQ-GAN training with LLM-CXR's clinical-information-preserving loss.
+
+LLM-CXR never released this part. The generator loss is taming's `VQLPIPSWithDiscriminator`
+plus a clinical term:
+
+    nll  = l1_weight * |x - x'| + perceptual_weight * LPIPS(x, x')
+           + clinical_weight * sum_f mean((f(x) - f(x'))^2)          (f: CXR classifier features)
+    loss = nll + d_weight * disc_factor * (-mean D(x')) + codebook_weight * codebook_loss
+
+with taming's adaptive weight `d_weight = |grad_last nll| / (|grad_last g| + 1e-4)` (clipped to
+[0, 1e4], times `disc_weight`) on the decoder's last layer, and `disc_factor` 0 before
+`disc_start`. The discriminator (PatchGAN, BatchNorm) minimises the hinge (or vanilla) loss on
+real images and the detached reconstructions.
+
+One pure, jitted `train_step(state, batch, frozen)` does both updates: the autoencoder runs
+forward once (`jax.vjp`), the loss networks are differentiated with respect to the
+reconstruction only, and a single backward pass through the autoencoder takes the combined
+cotangent. Deviations from taming, for speed: the discriminator step reuses this step's
+reconstruction (taming recomputes it after the generator update), and the discriminator's
+running statistics move only in its own step.
+
+Data parallel over the mesh: the batch is sharded on (`data`, `fsdp`), the state replicated;
+XLA inserts the gradient all-reduce and BatchNorm sees the global batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx
+from tqdm.auto import tqdm
+
+from llmcxr_jax import checkpoint, sharding
+from llmcxr_jax.models import common
+from llmcxr_jax.models.discriminator import (
+    D_LOSSES,
+    DiscriminatorConfig,
+    NLayerDiscriminator,
+)
+from llmcxr_jax.models.vqgan import VQGAN, VQGANConfig, get_preset
+from llmcxr_jax.train import checkpoint as train_ckpt
+from llmcxr_jax.train import data as train_data
+from llmcxr_jax.train.metrics import MetricWriter
+
+Array = jax.Array
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class VQGANTrainState:
+    step: Array
+    ae: nnx.State  # VQ-GAN parameters
+    disc: nnx.State  # discriminator parameters
+    disc_stats: nnx.State  # discriminator BatchNorm statistics
+    opt_ae: Any
+    opt_disc: Any
+    code_usage: Array  # decayed count of each code's use, for dead-code monitoring
+
+
+@dataclasses.dataclass(frozen=True)
+class Frozen:
+    """Loss networks that are not trained: their graphdefs (static) and states (arguments)."""
+
+    lpips: tuple[nnx.GraphDef, nnx.State] | None
+    classifier: tuple[nnx.GraphDef, nnx.State, tuple[str, ...]] | None
+
+
+@dataclasses.dataclass(frozen=True)
+class LossWeights:
+    l1: float = 1.0
+    perceptual: float = 1.0
+    clinical: float = 1.0
+    codebook: float = 1.0
+    disc_weight: float = 0.8
+    disc_factor: float = 1.0
+    disc_start: int = 10000
+    disc_loss: str = "hinge"
+
+
+def _last_layer_grad(head_in: Array, kernel: Array, cotangent: Array) -> Array:
+    """Gradient w.r.t. the decoder's conv_out kernel of a loss whose gradient at the output is
+    `cotangent` (the bias does not change it)."""
+
+    def conv(k: Array) -> Array:
+        return jax.lax.conv_general_dilated(
+            head_in,
+            k.astype(head_in.dtype),
+            (1, 1),
+            ((1, 1), (1, 1)),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        ).astype(jnp.float32)
+
+    return jax.vjp(conv, kernel)[1](cotangent)[0]
+
+
+def clinical_loss(frozen: Frozen, frozen_states: Any, x: Array, xrec: Array) -> Array:
+    """Feature matching between the CXR classifier's view of the input and the reconstruction."""
+    from llmcxr_jax.models import densenet
+
+    graphdef, _, names = frozen.classifier
+    clf = nnx.merge(graphdef, frozen_states["classifier"])
+    size = clf.config.image_size
+    target = jax.lax.stop_gradient(clf.features(densenet.xrv_preprocess(x, size)))
+    pred = clf.features(densenet.xrv_preprocess(xrec, size))
+    return sum(jnp.mean(jnp.square(pred[n] - target[n])) for n in names) / len(names)
+
+
+def make_train_step(
+    ae_graphdef: nnx.GraphDef,
+    disc_graphdef: nnx.GraphDef,
+    tx_ae: optax.GradientTransformation,
+    tx_disc: optax.GradientTransformation,
+    weights: LossWeights,
+    frozen: Frozen,
+    n_embed: int,
+):
+    """The pure step `(state, batch, frozen_states) -> (state, metrics)`."""
+    d_loss_fn = D_LOSSES[weights.disc_loss]
+
+    def train_step(state: VQGANTrainState, batch: dict[str, Array], frozen_states: Any):
+        x = batch["image"].astype(jnp.float32)
+
+        # -- generator: one autoencoder forward, loss gradients at the reconstruction ----------
+        def ae_forward(ae_params: nnx.State):
+            m = nnx.merge(ae_graphdef, ae_params)
+            q = m.quantized(x)
+            head_in = m.decoder.head_input(m.decoder.body(m.post_quant_conv(q.z_q)))
+            xrec = m.decoder.conv_out(head_in).astype(jnp.float32)
+            return (xrec, q.loss), (q.codes, head_in)
+
+        (xrec, qloss), ae_vjp, (codes, head_in) = jax.vjp(ae_forward, state.ae, has_aux=True)
+
+        def nll_fn(xr: Array):
+            l1 = jnp.mean(jnp.abs(x - xr))
+            terms = {"l1": l1}
+            total = weights.l1 * l1
+            if frozen.lpips is not None:
+                lp = nnx.merge(frozen.lpips[0], frozen_states["lpips"])
+                terms["perceptual"] = jnp.mean(lp(x, xr))
+                total = total + weights.perceptual * terms["perceptual"]
+            if frozen.classifier is not None:
+                terms["clinical"] = clinical_loss(frozen, frozen_states, x, xr)
+                total = total + weights.clinical * terms["clinical"]
+            return total, terms
+
+        (nll, terms), g_nll = jax.value_and_grad(nll_fn, has_aux=True)(xrec)
+
+        def g_fn(xr: Array, disc_params: nnx.State, disc_stats: nnx.State) -> Array:
+            disc = nnx.merge(disc_graphdef, disc_params, disc_stats)  # train mode: batch stats
+            return -jnp.mean(disc(xr))  # (its running statistics move only in the D step)
+
+        # (BatchStats mutated inside a grad must be traced by it: argnum 2, gradient dropped)
+        g_loss, (g_g, _) = jax.value_and_grad(g_fn, argnums=(0, 2))(
+            xrec, state.disc, state.disc_stats
+        )
+        kernel = state.ae["decoder"]["conv_out"]["kernel"][...]
+        gn = jnp.linalg.norm(_last_layer_grad(head_in, kernel, g_nll))
+        gg = jnp.linalg.norm(_last_layer_grad(head_in, kernel, g_g))
+        d_weight = jax.lax.stop_gradient(jnp.clip(gn / (gg + 1e-4), 0.0, 1e4) * weights.disc_weight)
+        disc_factor = jnp.where(state.step >= weights.disc_start, weights.disc_factor, 0.0)
+        cotangent = (
+            g_nll + d_weight * disc_factor * g_g,
+            jnp.asarray(weights.codebook, qloss.dtype),
+        )
+        (ae_grads,) = ae_vjp(cotangent)
+        updates, opt_ae = tx_ae.update(ae_grads, state.opt_ae, state.ae)
+        ae = optax.apply_updates(state.ae, updates)
+
+        # -- discriminator ----------------------------------------------------------------------
+        fake = jax.lax.stop_gradient(xrec)
+
+        def d_fn(disc_params: nnx.State, disc_stats: nnx.State):
+            disc = nnx.merge(disc_graphdef, disc_params, disc_stats)
+            logits_real, logits_fake = disc(x), disc(fake)
+            loss = disc_factor * d_loss_fn(logits_real, logits_fake)
+            return loss, (nnx.state(disc, nnx.BatchStat), logits_real, logits_fake)
+
+        (d_loss, (disc_stats, lr, lf)), (d_grads, _) = jax.value_and_grad(
+            d_fn, argnums=(0, 1), has_aux=True
+        )(state.disc, state.disc_stats)
+        d_updates, opt_disc = tx_disc.update(d_grads, state.opt_disc, state.disc)
+        disc = optax.apply_updates(state.disc, d_updates)
+
+        # -- codebook usage ---------------------------------------------------------------------
+        hist = jnp.bincount(codes.reshape(-1), length=n_embed).astype(jnp.float32)
+        p = hist / jnp.sum(hist)
+        perplexity = jnp.exp(-jnp.sum(jnp.where(p > 0, p * jnp.log(p), 0.0)))
+        usage = 0.99 * state.code_usage + hist
+
+        metrics = {
+            **terms,
+            "nll": nll,
+            "codebook_loss": qloss,
+            "g_loss": g_loss,
+            "d_weight": d_weight,
+            "disc_factor": disc_factor,
+            "d_loss": d_loss,
+            "logits_real": jnp.mean(lr),
+            "logits_fake": jnp.mean(lf),
+            "perplexity": perplexity,
+            "codes_used": jnp.sum(hist > 0),
+            "dead_codes": jnp.sum(usage < 1e-3),
+            "loss": nll + d_weight * disc_factor * g_loss + weights.codebook * qloss,
+        }
+        new_state = VQGANTrainState(
+            step=state.step + 1,
+            ae=ae,
+            disc=disc,
+            disc_stats=disc_stats,
+            opt_ae=opt_ae,
+            opt_disc=opt_disc,
+            code_usage=usage,
+        )
+        return new_state, metrics
+
+    return train_step
+
+
+# --------------------------------------------------------------------------------------------
+# Building the pieces from a config
+# --------------------------------------------------------------------------------------------
+
+
+def vqgan_config(config: ml_collections.ConfigDict) -> VQGANConfig:
+    overrides = dict(config.get("model_overrides", {}) or {})
+    for k in ("ch_mult", "attn_resolutions"):
+        if k in overrides:
+            overrides[k] = tuple(overrides[k])
+    return get_preset(config.model, **overrides)
+
+
+def init_autoencoder(config: ml_collections.ConfigDict, vq_cfg: VQGANConfig) -> VQGAN:
+    init = config.get("init", ml_collections.ConfigDict())
+    if init.get("checkpoint"):
+        model = checkpoint.load_model(init.checkpoint, expect="vqgan")
+        if model.config.replace(dtype=vq_cfg.dtype) != vq_cfg:
+            raise ValueError(f"{init.checkpoint}: its VQ-GAN config differs from config.model")
+        return model
+    if init.get("taming_ckpt"):
+        from llmcxr_jax.convert import taming
+
+        cfg, params, _ = taming.import_taming(init.taming_ckpt, init.taming_config)
+        if cfg != vq_cfg.replace(dtype="float32"):
+            raise ValueError(f"{init.taming_config}: its VQ-GAN config differs from config.model")
+        return common.with_variables(VQGAN, vq_cfg, params)
+    return VQGAN(vq_cfg, rngs=nnx.Rngs(config.seed))
+
+
+def init_discriminator(config: ml_collections.ConfigDict) -> NLayerDiscriminator:
+    """A fresh PatchGAN, or taming's trained one when finetuning from a taming checkpoint."""
+    disc_cfg = DiscriminatorConfig(ndf=config.loss.disc_ndf, n_layers=config.loss.disc_layers)
+    disc = NLayerDiscriminator(disc_cfg, rngs=nnx.Rngs(config.seed + 1))
+    ckpt = config.get("init", {}).get("taming_ckpt")
+    if ckpt:
+        from llmcxr_jax.convert import lpips as lpips_convert
+        from llmcxr_jax.convert.mapping import load_torch_state_dict
+
+        state = load_torch_state_dict(ckpt)
+        if any(k.startswith(lpips_convert.TAMING_DISC_PREFIX) for k in state):
+            tree = lpips_convert.import_discriminator(state, disc_cfg, where=str(ckpt))
+            disc = common.with_variables(NLayerDiscriminator, disc_cfg, tree)
+            print(f"discriminator: taming's from {ckpt}", flush=True)
+    return disc
+
+
+def load_lpips(config: ml_collections.ConfigDict):
+    """The LPIPS network from user-supplied weights (none are downloaded)."""
+    from llmcxr_jax.convert import lpips as lpips_convert
+
+    loss = config.loss
+    if loss.perceptual_weight <= 0:
+        return None
+    if loss.get("perceptual_taming_ckpt"):
+        return lpips_convert.import_lpips_from_taming(loss.perceptual_taming_ckpt)
+    if loss.get("perceptual_vgg") and loss.get("perceptual_lin"):
+        return lpips_convert.import_lpips(loss.perceptual_vgg, loss.perceptual_lin)
+    raise ValueError(
+        "config.loss.perceptual_weight > 0 needs LPIPS weights: set "
+        "config.loss.perceptual_taming_ckpt (a taming VQ-GAN .ckpt holds them), or "
+        "config.loss.perceptual_vgg (torchvision vgg16 state dict) and config.loss.perceptual_lin "
+        "(LPIPS vgg.pth); or set config.loss.perceptual_weight=0"
+    )
+
+
+def load_classifier(config: ml_collections.ConfigDict, source: Any, workdir: Path):
+    """The frozen CXR classifier for the clinical loss: given weights, or trained here."""
+    if config.loss.clinical_weight <= 0:
+        return None
+    c = config.classifier
+    if c.get("checkpoint"):
+        return checkpoint.load_model(c.checkpoint, expect="densenet")
+    if c.get("xrv_state_dict"):
+        from llmcxr_jax.convert import torchxrayvision
+        from llmcxr_jax.models import densenet
+
+        return torchxrayvision.import_xrv(c.xrv_state_dict, densenet.get_preset(c.preset))
+    from llmcxr_jax.train import classifier as train_classifier
+
+    out = workdir / "classifier"
+    if (out / checkpoint.CONFIG_FILE).exists():
+        return checkpoint.load_model(out, expect="densenet")
+    if not getattr(source, "num_labels", 0):
+        raise ValueError(
+            "config.loss.clinical_weight > 0 needs a CXR classifier: set "
+            "config.classifier.xrv_state_dict (torchxrayvision DenseNet-121 state dict) or "
+            "config.classifier.checkpoint, or train on a labelled data set"
+        )
+    print(
+        f"clinical loss: no classifier weights given; training one on {config.data.source}'s "
+        f"{source.num_labels} labels ({c.train_steps} steps)",
+        flush=True,
+    )
+    model = train_classifier.train(c, source, seed=config.seed)
+    checkpoint.save_model(out, model, overwrite=True)
+    return model
+
+
+def _frozen(lpips_model: Any, classifier: Any, feature_names: tuple[str, ...]):
+    frozen_states: dict[str, Any] = {}
+    lp = clf = None
+    if lpips_model is not None:
+        g, s = nnx.split(lpips_model)
+        lp, frozen_states["lpips"] = (g, s), s
+    if classifier is not None:  # DenseNet calls default to running statistics (eval)
+        g, s = nnx.split(classifier)
+        clf, frozen_states["classifier"] = (g, s, feature_names), s
+    return Frozen(lpips=lp, classifier=clf), frozen_states
+
+
+def init_state(
+    ae: VQGAN, disc: NLayerDiscriminator, tx_ae, tx_disc
+) -> tuple[nnx.GraphDef, nnx.GraphDef, VQGANTrainState]:
+    ae_graphdef, ae_params = nnx.split(ae, nnx.Param)
+    disc_graphdef, disc_params, disc_stats = nnx.split(disc, nnx.Param, nnx.BatchStat)
+    state = VQGANTrainState(
+        step=jnp.zeros((), jnp.int32),
+        ae=ae_params,
+        disc=disc_params,
+        disc_stats=disc_stats,
+        opt_ae=tx_ae.init(ae_params),
+        opt_disc=tx_disc.init(disc_params),
+        code_usage=jnp.zeros((ae.config.n_embed,), jnp.float32),
+    )
+    return ae_graphdef, disc_graphdef, state
+
+
+def loss_weights(config: ml_collections.ConfigDict) -> LossWeights:
+    loss = config.loss
+    return LossWeights(
+        l1=loss.l1_weight,
+        perceptual=loss.perceptual_weight,
+        clinical=loss.clinical_weight,
+        codebook=loss.codebook_weight,
+        disc_weight=loss.disc_weight,
+        disc_factor=loss.disc_factor,
+        disc_start=loss.disc_start,
+        disc_loss=loss.disc_loss,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# The loop
+# --------------------------------------------------------------------------------------------
+
+
+def train(
+    config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, progress: bool = True
+) -> dict[str, float]:
+    """Train (or resume) a VQ-GAN in `workdir`; returns the last logged metrics.
+
+    Writes `workdir/checkpoints/` (train state), `workdir/model/` (the VQ-GAN as a model
+    checkpoint, for encode-images and generation), `metrics.jsonl`, TensorBoard events and
+    `samples/step_XXXXXX.png` (inputs over reconstructions).
+    """
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+    mesh = sharding.make_mesh(tuple(config.mesh))
+    vq_cfg = vqgan_config(config)
+    source = train_data.image_source(config.data, vq_cfg.resolution)
+
+    ae = init_autoencoder(config, vq_cfg)
+    disc = init_discriminator(config)
+    frozen, frozen_states = _frozen(
+        load_lpips(config),
+        load_classifier(config, source, workdir),
+        tuple(config.loss.clinical_features),
+    )
+    tx_ae = optax.adam(config.optim.lr, b1=config.optim.b1, b2=config.optim.b2)
+    tx_disc = optax.adam(config.optim.disc_lr, b1=config.optim.b1, b2=config.optim.b2)
+    ae_graphdef, disc_graphdef, state = init_state(ae, disc, tx_ae, tx_disc)
+
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    batch_sharding = sharding.logical_sharding(mesh, ("activation_batch",))
+    state = jax.device_put(state, replicated)
+    frozen_states = jax.device_put(frozen_states, replicated)
+    step_fn = jax.jit(
+        make_train_step(
+            ae_graphdef, disc_graphdef, tx_ae, tx_disc, loss_weights(config), frozen, vq_cfg.n_embed
+        ),
+        in_shardings=(replicated, batch_sharding, replicated),
+        out_shardings=(replicated, replicated),
+        donate_argnums=(0,),
+    )
+
+    ckpt = train_ckpt.TrainCheckpointer(
+        workdir, every=config.ckpt_every, keep=config.keep_checkpoints
+    )
+    batches = train_data.ImageBatches(source, config.data, mesh)
+    start = 0
+    resumed = ckpt.restore_latest(state)
+    if resumed is not None:
+        start, state, extra = resumed
+        batches.set_state(extra["data"])
+        print(f"resumed from {ckpt.directory}/{start}", flush=True)
+    writer = MetricWriter(workdir, enable_tensorboard=config.get("tensorboard", True))
+    last: dict[str, float] = {}
+    t0, n0 = time.time(), start
+    bar = tqdm(total=config.steps, initial=start, desc="train-vqgan", disable=not progress)
+    with train_ckpt.PreemptionGuard() as guard:
+        step = start
+        while step < config.steps:
+            batch = batches.next()
+            state, metrics = step_fn(state, batch, frozen_states)
+            step += 1
+            bar.update(1)
+            if step % config.log_every == 0 or step == config.steps:
+                last = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                rate = (step - n0) * config.data.batch_size / max(time.time() - t0, 1e-9)
+                last["images_per_s"] = rate
+                last["skipped_images"] = float(batches.skipped)
+                writer.scalars(step, last)
+                bar.set_postfix(l1=f"{last['l1']:.3f}", ppl=f"{last['perplexity']:.0f}")
+            if config.sample_every and step % config.sample_every == 0:
+                _write_samples(workdir, step, ae_graphdef, state.ae, batch["image"], writer)
+            if ckpt.should_save(step) or step == config.steps or guard.requested:
+                ckpt.save(step, state, {"data": batches.get_state(), "step": step})
+            if guard.requested:
+                print(f"SIGTERM: saved step {step} to {ckpt.directory}; exiting", flush=True)
+                break
+    bar.close()
+    ckpt.close()
+    writer.close()
+    if step >= config.steps:
+        model = nnx.merge(ae_graphdef, jax.device_get(state.ae))
+        checkpoint.save_model(workdir / "model", model, overwrite=True)
+    if batches.skipped:
+        print(
+            f"train-vqgan: skipped {batches.skipped} unreadable images "
+            f"(see {workdir}/skipped_images.jsonl)",
+            flush=True,
+        )
+    return last
+
+
+def _write_samples(workdir: Path, step: int, graphdef, params, images: Array, writer) -> None:
+    from llmcxr_jax.data.images import image_grid, save_grid
+
+    x = jax.device_get(images)[:8]
+    model = nnx.merge(graphdef, jax.device_get(params))
+    recon = np.asarray(jax.jit(lambda m, x: m(x)[0])(model, jnp.asarray(x)))
+    both = np.concatenate([x, np.clip(recon, -1, 1)], axis=0)
+    path = workdir / "samples" / f"step_{step:06d}.png"
+    path.parent.mkdir(exist_ok=True)
+    save_grid(both, path, ncols=len(x))
+    writer.image(step, "inputs_over_reconstructions", image_grid(both, ncols=len(x)))
+
+
+def summary(metrics: dict[str, float]) -> str:
+    keys = (
+        "l1",
+        "perceptual",
+        "clinical",
+        "codebook_loss",
+        "g_loss",
+        "d_loss",
+        "perplexity",
+        "dead_codes",
+    )
+    return ", ".join(
+        f"{k} {metrics[k]:.4g}" for k in keys if k in metrics and math.isfinite(metrics[k])
+    )

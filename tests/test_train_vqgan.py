@@ -1,0 +1,209 @@
+"""VQ-GAN training: it learns, the clinical loss pulls, and a killed run resumes exactly."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from llmcxr_jax import checkpoint
+from llmcxr_jax.configs import load
+from llmcxr_jax.models import densenet
+from llmcxr_jax.models.vqgan import VQGAN, get_preset
+from llmcxr_jax.train import checkpoint as train_ckpt
+from llmcxr_jax.train import vqgan
+from llmcxr_jax.train.metrics import read_metrics
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = str(ROOT / "configs" / "vqgan_demo.py") + ":test"
+
+
+def test_a_few_hundred_steps_lower_reconstruction_loss(tmp_path):
+    config = load(
+        CONFIG,
+        [
+            "--config.steps=200",
+            "--config.log_every=20",
+            "--config.mesh=(-1,1,1)",
+            "--config.ckpt_every=100",
+            "--config.sample_every=100",
+        ],
+    )
+    vqgan.train(config, tmp_path, progress=False)
+    logged = read_metrics(tmp_path)
+    first, last = logged[0], logged[-1]
+    assert last["step"] == 200
+    assert last["l1"] < 0.6 * first["l1"], (first["l1"], last["l1"])
+    assert last["disc_factor"] == 1.0 and last["d_weight"] > 0  # the GAN loss switched on
+    assert last["clinical"] > 0 and last["perplexity"] > 1
+    assert (tmp_path / "samples" / "step_000200.png").exists()
+    model = checkpoint.load_model(tmp_path / "model", expect="vqgan")
+    assert model.config == get_preset("tiny")
+    assert (tmp_path / "classifier" / "model_config.json").exists()  # trained for the loss
+
+
+def test_clinical_loss_has_a_nonzero_gradient():
+    clf = densenet.DenseNet(densenet.get_preset("tiny"), rngs=nnx.Rngs(0))
+    g, s = nnx.split(clf)
+    frozen = vqgan.Frozen(lpips=None, classifier=(g, s, ("pooled", "block2")))
+    ae = VQGAN(get_preset("tiny"), rngs=nnx.Rngs(1))
+    ae_g, ae_p = nnx.split(ae, nnx.Param)
+    x = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (2, 32, 32, 3)), jnp.float32)
+
+    def loss(p):
+        xrec, _ = nnx.merge(ae_g, p)(x)
+        return vqgan.clinical_loss(frozen, {"classifier": s}, x, xrec)
+
+    value, grads = jax.value_and_grad(loss)(ae_p)
+    norms = [float(jnp.linalg.norm(v)) for v in jax.tree.leaves(grads)]
+    assert value > 0 and all(np.isfinite(norms)) and max(norms) > 0
+    # and it reaches the encoder (through the straight-through estimator), not only the decoder
+    enc = jax.tree.leaves(nnx.state(nnx.merge(ae_g, grads).encoder))
+    assert max(float(jnp.linalg.norm(v)) for v in enc) > 0
+
+
+def _run(workdir, *extra):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "llmcxr_jax.cli",
+            "train-vqgan",
+            "--config",
+            CONFIG,
+            "--workdir",
+            str(workdir),
+            "--config.steps=30",
+            "--config.log_every=1",
+            "--config.ckpt_every=10",
+            *extra,
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=ROOT,
+    )
+
+
+def _final_state(workdir):
+    ckpt = train_ckpt.TrainCheckpointer(workdir, every=10)
+    step = ckpt.steps()[-1]
+    flat, _ = ckpt.read_flat(step)
+    ckpt.close()
+    return step, flat
+
+
+def test_killed_run_resumes_from_its_last_checkpoint_and_matches(tmp_path):
+    ref = _run(tmp_path / "ref")
+    ref_out = ref.communicate(timeout=600)[0]
+    assert ref.returncode == 0, ref_out
+
+    proc = _run(tmp_path / "run")
+    deadline = time.time() + 600
+    while time.time() < deadline:  # preempt once step 14 is done
+        logged = read_metrics(tmp_path / "run")
+        if logged and logged[-1]["step"] >= 14:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 0, out
+    assert "SIGTERM: saved step" in out
+    killed_at = train_ckpt.TrainCheckpointer(tmp_path / "run", every=10).steps()[-1]
+    assert 14 <= killed_at < 30
+
+    resumed = _run(tmp_path / "run")
+    out = resumed.communicate(timeout=600)[0]
+    assert resumed.returncode == 0, out
+    assert f"resumed from {tmp_path / 'run' / 'checkpoints'}/{killed_at}" in out
+    step_a, a = _final_state(tmp_path / "ref")
+    step_b, b = _final_state(tmp_path / "run")
+    assert step_a == step_b == 30
+    assert a.keys() == b.keys()
+    for k in a:  # bitwise: same data order, same arithmetic
+        np.testing.assert_array_equal(np.asarray(a[k]), np.asarray(b[k]), err_msg=k)
+
+
+def test_corrupt_newest_checkpoint_falls_back(tmp_path, capsys):
+    config = load(CONFIG, ["--config.steps=20", "--config.ckpt_every=10"])
+    vqgan.train(config, tmp_path, progress=False)
+    ckpt = train_ckpt.TrainCheckpointer(tmp_path, every=10)
+    assert ckpt.steps() == [10, 20]
+    for f in (tmp_path / "checkpoints" / "20").rglob("*"):
+        if f.is_file() and f.stat().st_size > 100:
+            f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    config.steps = 25
+    vqgan.train(config, tmp_path, progress=False)
+    out = capsys.readouterr().out
+    assert "checkpoint step 20" in out and "unreadable" in out
+    assert "resumed from" in out and out.split("resumed from")[1].split()[0].endswith("/10")
+
+
+def test_finetune_from_taming_with_its_lpips_and_discriminator(tmp_path, capsys):
+    """A taming training checkpoint brings the VQ-GAN, LPIPS and the discriminator along."""
+    import torch
+
+    from llmcxr_jax.convert import lpips as lpips_convert
+    from llmcxr_jax.convert import taming
+    from llmcxr_jax.models import common
+    from llmcxr_jax.models.discriminator import DiscriminatorConfig, NLayerDiscriminator
+    from llmcxr_jax.models.lpips import LPIPS
+
+    cfg = get_preset("tiny")
+    ae = VQGAN(cfg, rngs=nnx.Rngs(5))
+    disc_cfg = DiscriminatorConfig(ndf=16, n_layers=2)
+    state = {
+        **taming.export_state_dict(cfg, common.variables_of(ae)),
+        **lpips_convert.export_lpips(common.variables_of(LPIPS(rngs=nnx.Rngs(6)))),
+        **lpips_convert.export_discriminator(
+            common.variables_of(NLayerDiscriminator(disc_cfg, rngs=nnx.Rngs(7))), disc_cfg
+        ),
+    }
+    # trained LPIPS heads are non-negative (random ones are not)
+    state = {k: np.abs(v) if ".lin" in k else v for k, v in state.items()}
+    torch.save(
+        {"state_dict": {k: torch.from_numpy(np.asarray(v)) for k, v in state.items()}},
+        tmp_path / "last.ckpt",
+    )
+    (tmp_path / "cfg.yaml").write_text(__import__("yaml").safe_dump(taming.config_to_taming(cfg)))
+    ckpt, yml = str(tmp_path / "last.ckpt"), str(tmp_path / "cfg.yaml")
+    config = load(
+        CONFIG,
+        [
+            f"--config.init.taming_ckpt={ckpt}",
+            f"--config.init.taming_config={yml}",
+            f"--config.loss.perceptual_taming_ckpt={ckpt}",
+            "--config.loss.perceptual_weight=1.0",
+            "--config.steps=4",
+            "--config.log_every=2",
+            "--config.loss.clinical_weight=0.0",
+        ],
+    )
+    metrics = vqgan.train(config, tmp_path / "w", progress=False)
+    assert "discriminator: taming's" in capsys.readouterr().out
+    assert metrics["perceptual"] > 0 and "clinical" not in metrics
+    first = read_metrics(tmp_path / "w")[0]
+    x = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (1, 32, 32, 3)), jnp.float32)
+    assert first["l1"] > 0 and np.isfinite(first["loss"])
+    assert np.asarray(ae.encode(x)).shape == (1, 256)
+
+
+def test_missing_loss_weights_are_explained(tmp_path):
+    config = load(CONFIG, ["--config.loss.perceptual_weight=1.0"])
+    with pytest.raises(ValueError, match="perceptual_weight > 0 needs LPIPS weights"):
+        vqgan.train(config, tmp_path, progress=False)
+    config = load(CONFIG, ["--config.data.source=folder:" + str(tmp_path)])
+    (tmp_path / "a.png").write_bytes(b"")
+    with pytest.raises(ValueError, match="needs a CXR classifier"):
+        vqgan.train(config, tmp_path / "w", progress=False)
+    assert json.loads((tmp_path / "w" / "config.json").read_text())["model"] == "tiny"
