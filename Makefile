@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 $(STAMP): setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,port,tb]'
+	$(PY) -m pip install --quiet -e '.[test,port,tb,tfds]'
 	$(PY) -m pip install --quiet --no-deps taming-transformers-rom1504==0.0.6
 	touch $(STAMP)
 
@@ -22,8 +22,8 @@ test: lint
 	$(TEST_ENV) $(PY) -m pytest -q tests $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check llmcxr_jax tests benchmarks
-	$(VENV)/bin/ruff format --check llmcxr_jax tests benchmarks
+	$(VENV)/bin/ruff check llmcxr_jax tests benchmarks configs scripts
+	$(VENV)/bin/ruff format --check llmcxr_jax tests benchmarks configs scripts
 
 bench-decode: $(STAMP)
 	JAX_PLATFORMS=cpu $(PY) benchmarks/decode.py

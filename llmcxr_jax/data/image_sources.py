@@ -7,6 +7,7 @@ reason) and no image, and consumers count and report it.
 
 - `FolderSource`: every JPEG/PNG/DICOM under a directory (ids: paths relative to it), sorted.
 - `SyntheticSource`: labelled procedural images for tests and smoke runs.
+- `phantoms:N[:SEED]`: the embedded phantom chest X-rays (data/phantoms.py), with labels.
 """
 
 from __future__ import annotations
@@ -92,4 +93,9 @@ def make_source(spec: str, resolution: int, **kwargs: Any):
         return FolderSource(arg, resolution, **kwargs)
     if kind == "synthetic":
         return SyntheticSource(int(arg or 1024), resolution, **kwargs)
-    raise ValueError(f"unknown image source {spec!r}; use folder:DIR or synthetic:N")
+    if kind == "phantoms":  # phantoms:N or phantoms:N:SEED (the embedded data set's images)
+        from llmcxr_jax.data import phantoms
+
+        size, _, seed = arg.partition(":")
+        return phantoms.PhantomImageSource(int(size or 2000), resolution, seed=int(seed or 0))
+    raise ValueError(f"unknown image source {spec!r}; use folder:DIR, phantoms:N or synthetic:N")

@@ -178,6 +178,16 @@ PRESETS: dict[str, GPTNeoXConfig] = {
         num_heads=8,
         intermediate_size=2048,
     ),
+    # The demo's LM (vocabulary set from its tokenizer): trains on 2 CPU cores in minutes.
+    "demo": GPTNeoXConfig(
+        vocab_size=4096,
+        hidden_size=256,
+        num_layers=4,
+        num_heads=4,
+        intermediate_size=1024,
+        rotary_pct=0.25,
+        max_position_embeddings=1024,
+    ),
     "tiny": GPTNeoXConfig(
         vocab_size=256,
         hidden_size=64,
