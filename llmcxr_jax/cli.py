@@ -103,6 +103,44 @@ def _train_vqgan(args: argparse.Namespace) -> None:
     print(f"train-vqgan: {args.workdir}: {vqgan.summary(metrics)}")
 
 
+def _train(args: argparse.Namespace) -> None:
+    from llmcxr_jax import configs
+    from llmcxr_jax.train import lm
+
+    config = configs.load(args.config, args.overrides)
+    metrics = lm.train(config, args.workdir)
+    shown = {k: round(v, 4) for k, v in metrics.items() if k in ("loss_avg", "eval_loss", "step")}
+    print(f"train: {args.workdir}: {shown}")
+
+
+def _prepare_data(args: argparse.Namespace) -> None:
+    import ast
+
+    import tensorflow_datasets as tfds
+
+    import llmcxr_jax.data.tfds as builders
+
+    kwargs = {}
+    for item in args.builder_kwarg or []:
+        key, _, value = item.partition("=")
+        try:
+            kwargs[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            kwargs[key] = value
+    if args.codes_dir:
+        kwargs["codes_dir"] = args.codes_dir
+    builder = tfds.builder(
+        args.builder, data_dir=args.data_dir, file_format="array_record", **kwargs
+    )
+    config = tfds.download.DownloadConfig(manual_dir=args.manual_dir) if args.manual_dir else None
+    builder.download_and_prepare(download_config=config)
+    counts = {s: builder.info.splits[s].num_examples for s in builder.info.splits}
+    print(
+        f"prepare-data: {args.builder} in {builder.data_dir}: {counts}; "
+        f"skipped {builders.skip_counts(builder)}"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="llmcxr-jax",
@@ -164,6 +202,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="configs/vqgan_*.py[:arg]")
     p.add_argument("--workdir", required=True, help="where checkpoints, metrics and samples go")
     p.set_defaults(func=_train_vqgan, takes_overrides=True)
+
+    p = sub.add_parser(
+        "train",
+        help="LM finetuning (stage 1 or 2 by config); resumes from --workdir",
+        description="Extra --config.key=value arguments override fields of the config file.",
+    )
+    p.add_argument("--config", required=True, help="configs/llmcxr_stage1.py, ..., demo.py")
+    p.add_argument("--workdir", required=True)
+    p.set_defaults(func=_train, takes_overrides=True)
+
+    p = sub.add_parser("prepare-data", help="build a TFDS data set (array_record, no TensorFlow)")
+    p.add_argument(
+        "--builder",
+        required=True,
+        help="cxr_phantoms[/64|/256], mimic_cxr_jpg[/paths|/images256], open_i[/...]",
+    )
+    p.add_argument("--data-dir", required=True, help="where TFDS writes the prepared data")
+    p.add_argument("--manual-dir", help="the downloaded files (MIMIC-CXR-JPG tree, NLMCXR tgz)")
+    p.add_argument("--codes-dir", help="codes from encode-images, joined by image id")
+    p.add_argument(
+        "--builder-kwarg",
+        action="append",
+        metavar="KEY=VALUE",
+        help="e.g. train_size=500, reports_dir=/data/mimic-cxr-reports",
+    )
+    p.set_defaults(func=_prepare_data)
     return parser
 
 

@@ -1,0 +1,62 @@
+"""The demo's LM: a small GPT-NeoX trained from scratch on the embedded phantom data set.
+
+64x64 phantoms, the demo VQ-GAN (f8: 64 codes per image, a 256-entry codebook), a BPE
+tokenizer trained on the phantom reports, max length 512, on a CPU. Arg `stage2` gives the
+second stage; `test` shrinks everything for the test suite.
+"""
+
+import os
+
+import ml_collections
+
+from llmcxr_jax.configs import load_config_file
+
+
+def get_config(arg: str = "") -> ml_collections.ConfigDict:
+    args = set(arg.split(",")) if arg else set()
+    c = load_config_file(os.path.join(os.path.dirname(__file__), "llmcxr_stage1.py"))
+    c.model = "demo"
+    c.model_overrides = ml_collections.ConfigDict({"dtype": "float32"})
+    c.tokenizer.path = ""
+    c.tokenizer.vocab_size = 1024
+    c.tokenizer.num_image_codes = 256
+    c.data.builder = "cxr_phantoms"
+    c.data.builder_config = "64"
+    c.data.num_codes = 64
+    c.data.num_image_codes = 256
+    c.data.max_len = 512
+    c.data.batch_size = 8
+    c.data.num_threads = 2
+    c.data.seed = 0
+    c.optim.lr = 1e-3
+    c.optim.min_lr = 1e-4
+    c.optim.warmup = "linear"
+    c.optim.warmup_steps = 30
+    c.optim.decay = "cosine"
+    c.optim.clip = 1.0
+    c.optim.weight_decay = 0.01
+    c.mesh = (1, 1, 1)
+    c.epochs = 3
+    c.log_every = 10
+    c.eval_every = 200
+    c.eval_batches = 4
+    c.sample_every = 0
+    c.ckpt_every = 200
+    c.seed = 0
+    if "stage2" in args:
+        c.data.stage = 2
+        c.epochs = 6
+        c.optim.warmup_steps = 10
+        c.optim.lr = 3e-4
+    if "test" in args:
+        c.model_overrides.update({"dtype": "float32"})
+        c.tokenizer.vocab_size = 400
+        c.data.max_len = 256
+        c.data.batch_size = 4
+        c.steps = 20
+        c.log_every = 1
+        c.eval_every = 10
+        c.eval_batches = 2
+        c.ckpt_every = 5
+        c.tensorboard = False
+    return c

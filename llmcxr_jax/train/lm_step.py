@@ -1,0 +1,146 @@
+"""The pure LM train and eval steps: LLM-CXR's conditional autoregressive loss.
+
+    train_step(state, batch, rng) -> (state, metrics)
+
+The loss is the token-level mean of cross-entropy over the loss-masked targets of packed rows
+(the masks come from the pipeline: response-only, LLM-CXR's released behaviour, or the whole
+paragraph), computed from fp32 logits; an optional z-loss keeps the softmax normaliser near 1.
+With `micro_batches > 1` the batch is split and gradients accumulated in a `lax.scan`; the mean
+is still over all tokens of the batch (gradients of sums, divided once by the token count), so
+accumulation gives exactly the un-split step. Parameters are fp32 masters; the model computes
+in its configured dtype (bf16 on TPU). A step whose loss or gradient is not finite changes
+nothing but the `skipped` counter.
+
+Everything sharding-related is declared in `sharding.py`; the jitted step gets in/out
+shardings from there (see train/lm.py) and donates the state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+Array = jax.Array
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class TrainState:
+    step: Array  # int32 scalar
+    params: nnx.State
+    opt_state: Any
+    skipped: Array  # int32: updates skipped for non-finite loss or gradients
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+    z_loss: float = 0.0
+    micro_batches: int = 1
+
+
+def init_state(params: nnx.State, tx: optax.GradientTransformation) -> TrainState:
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state=tx.init(params),
+        skipped=jnp.zeros((), jnp.int32),
+    )
+
+
+def loss_sums(
+    graphdef: nnx.GraphDef, params: nnx.State, batch: dict[str, Array], z_loss: float
+) -> tuple[Array, dict[str, Array]]:
+    """(sum of masked token losses, aux sums) for one (micro-)batch of packed rows."""
+    model = nnx.merge(graphdef, params)
+    logits, _ = model(batch["tokens"], batch["positions"], batch["segment_ids"])
+    logits = logits.astype(jnp.float32)
+    mask = batch["loss_mask"].astype(jnp.float32)
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
+    total = jnp.sum(ce * mask)
+    aux = {
+        "ce_sum": total,
+        "tokens": jnp.sum(mask),
+        "correct": jnp.sum((jnp.argmax(logits, -1) == batch["targets"]) * mask),
+    }
+    if z_loss:
+        z = jnp.sum(jnp.square(jax.nn.logsumexp(logits, axis=-1)) * mask)
+        total = total + z_loss * z
+        aux["z_sum"] = z
+    return total, aux
+
+
+def _split(batch: dict[str, Array], k: int) -> dict[str, Array]:
+    def f(x: Array) -> Array:
+        if x.shape[0] % k:
+            raise ValueError(f"batch {x.shape[0]} is not divisible into {k} micro-batches")
+        return x.reshape(k, x.shape[0] // k, *x.shape[1:])
+
+    return jax.tree.map(f, batch)
+
+
+def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, cfg: LossConfig):
+    grad_fn = jax.value_and_grad(lambda p, b: loss_sums(graphdef, p, b, cfg.z_loss), has_aux=True)
+
+    def train_step(
+        state: TrainState, batch: dict[str, Array], rng: Array
+    ) -> tuple[TrainState, dict[str, Array]]:
+        del rng  # no dropout in GPT-NeoX finetuning; kept for the step's signature
+        if cfg.micro_batches == 1:
+            (_, aux), grads = grad_fn(state.params, batch)
+        else:
+            zeros = jax.tree.map(jnp.zeros_like, state.params)
+
+            def body(carry, micro):
+                g_acc, aux_acc = carry
+                (_, aux), g = grad_fn(state.params, micro)
+                g_acc = jax.tree.map(jnp.add, g_acc, g)
+                aux_acc = jax.tree.map(jnp.add, aux_acc, aux)
+                return (g_acc, aux_acc), None
+
+            _, aux0 = jax.eval_shape(
+                grad_fn,
+                state.params,
+                jax.tree.map(lambda x: x[0], _split(batch, cfg.micro_batches)),
+            )[0]
+            aux_zero = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), aux0)
+            (grads, aux), _ = jax.lax.scan(
+                body, (zeros, aux_zero), _split(batch, cfg.micro_batches)
+            )
+        n = jnp.maximum(aux["tokens"], 1.0)
+        grads = jax.tree.map(lambda g: g / n, grads)
+        loss = (aux["ce_sum"] + cfg.z_loss * aux.get("z_sum", 0.0)) / n
+        grad_norm = optax.tree.norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        updates, new_opt = tx.update(grads, state.opt_state, state.params)
+        new_params = optax.apply_updates(state.params, updates)
+        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+        new_state = TrainState(
+            step=state.step + 1,
+            params=keep(new_params, state.params),
+            opt_state=keep(new_opt, state.opt_state),
+            skipped=state.skipped + (~finite).astype(jnp.int32),
+        )
+        metrics = {
+            "loss": loss,
+            "ce": aux["ce_sum"] / n,
+            "accuracy": aux["correct"] / n,
+            "tokens": aux["tokens"],
+            "grad_norm": grad_norm,
+            "skipped": new_state.skipped,
+        }
+        return new_state, metrics
+
+    return train_step
+
+
+def make_eval_step(graphdef: nnx.GraphDef):
+    def eval_step(params: nnx.State, batch: dict[str, Array]) -> dict[str, Array]:
+        _, aux = loss_sums(graphdef, params, batch, 0.0)
+        return aux  # sums: the caller divides after summing over batches
+
+    return eval_step
