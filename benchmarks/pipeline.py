@@ -193,6 +193,7 @@ def main() -> None:
 
     streams = {
         "phantoms, 64 codes": (phantom_records(800), 64),
+        "Open-i-shaped, 64 codes": (openi_records(800, num_codes=64), 64),
         "Open-i-shaped, 256 codes": (openi_records(800), 256),
     }
     corpus = [r["findings"] + " " + r["impression"] for rs, _ in streams.values() for r in rs]
