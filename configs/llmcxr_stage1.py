@@ -4,7 +4,9 @@ Text = FINDINGS + " " + IMPRESSION (falling back to IMPRESSION), each image one 
 (CXR-to-report or report-to-CXR), VQA from the stage-2 set, mixed 0.8 : 0.2 with
 databricks-dolly-15k. AdamW lr 5e-6 (betas 0.9/0.999, eps 1e-8, no weight decay), clip 1.0,
 DeepSpeed-style log warm-up over 50 steps then constant, global batch 16, max length 2048
-(longer samples dropped), 5 epochs, seed 42. bf16 compute on fp32 masters, FSDP.
+(longer samples dropped), 5 epochs, seed 42. bf16 compute on fp32 masters, FSDP, full
+gradient checkpointing (as LLM-CXR): `llmcxr-jax plan --config configs/llmcxr_stage1.py` shows
+it fits a v4-8 (4 chips, 32 GiB each).
 
     llmcxr-jax import-hf --hf-dir dolly-v2-3b --out ckpt/dolly --vocab-size 51305
     llmcxr-jax prepare-data --builder mimic_cxr_jpg --data-dir gs://b/tfds \\
@@ -21,7 +23,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.model = "dolly-v2-3b"  # models/gpt_neox.py PRESETS (used when no checkpoint is given)
     c.model_overrides = ml_collections.ConfigDict(
-        {"dtype": "bfloat16", "scan_layers": True, "remat_policy": "dots_no_batch"}
+        {"dtype": "bfloat16", "scan_layers": True, "remat_policy": "full"}
     )
     c.init = ml_collections.ConfigDict({"checkpoint": "", "params_from": ""})
 

@@ -113,6 +113,60 @@ def _train(args: argparse.Namespace) -> None:
     print(f"train: {args.workdir}: {shown}")
 
 
+def _plan(args: argparse.Namespace) -> None:
+    import math
+    import os
+
+    meshes = [tuple(int(x) for x in m.split(",")) for m in (args.mesh or [])]
+    ladder = [(1, c, 1) for c in (1, 2, 4, 8)]  # FSDP over 1..8 chips: where does it start to fit?
+    meshes = list(dict.fromkeys(meshes + ladder))
+    need = max(math.prod(m) for m in meshes)
+    if "jax" not in sys.modules:  # fake devices must be requested before JAX starts
+        os.environ["XLA_FLAGS"] = (
+            os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={need}"
+        ).strip()
+    from llmcxr_jax import configs
+    from llmcxr_jax.train import plan
+
+    config = configs.load(args.config, args.overrides)
+    plans = []
+    for m in meshes:
+        p = plan.plan(config, m)
+        hand_p, hand_o = plan.hand_bytes(config, m)
+        for what, got, want in (
+            ("parameter", p.params_bytes, hand_p),
+            ("optimizer", p.opt_bytes, hand_o),
+        ):
+            if abs(got - want) > 0.01 * want:
+                print(f"warning: {what} bytes {got:.3e} differ from the hand count {want:.3e}")
+        plans.append(p)
+    print(
+        f"plan: {config.model}, max_len {config.data.max_len}, global batch "
+        f"{config.data.batch_size}, remat {config.model_overrides.get('remat_policy')}, "
+        f"micro-batches {config.loss.micro_batches}; XLA memory analysis per chip "
+        f"(compiled for {jax_backend()})\n"
+    )
+    print(plan.format_plan(plans, args.hbm_gib))
+    fitting = [p for p in plans if p.fits(args.hbm_gib)]
+    too_big = [p.mesh for p in plans if not p.fits(args.hbm_gib)]
+    if too_big:
+        print(f"\ndo not fit {args.hbm_gib:.0f} GiB: {', '.join(map(str, too_big))}")
+    if fitting:
+        best = min(fitting, key=lambda p: (math.prod(p.mesh), p.total_bytes))
+        print(
+            f"smallest fitting mesh: {best.mesh} ({math.prod(best.mesh)} chips, "
+            f"{best.total_bytes / plan.GIB:.1f} GiB per chip)"
+        )
+    else:
+        print("nothing fits: raise micro_batches, use remat_policy=full, or more chips")
+
+
+def jax_backend() -> str:
+    import jax
+
+    return jax.default_backend()
+
+
 def _prepare_data(args: argparse.Namespace) -> None:
     import ast
 
@@ -211,6 +265,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="configs/llmcxr_stage1.py, ..., demo.py")
     p.add_argument("--workdir", required=True)
     p.set_defaults(func=_train, takes_overrides=True)
+
+    p = sub.add_parser(
+        "plan",
+        help="compile the real-size train step on fake devices: memory per chip, FLOPs",
+        description="Extra --config.key=value arguments override fields of the config file.",
+    )
+    p.add_argument("--config", required=True)
+    p.add_argument(
+        "--mesh",
+        action="append",
+        metavar="DATA,FSDP,TENSOR",
+        help="mesh shapes to try (repeatable); FSDP over 1-8 chips is always tried",
+    )
+    p.add_argument("--hbm-gib", type=float, default=32.0, help="memory per chip (TPU v4: 32)")
+    p.set_defaults(func=_plan, takes_overrides=True)
 
     p = sub.add_parser("prepare-data", help="build a TFDS data set (array_record, no TensorFlow)")
     p.add_argument(

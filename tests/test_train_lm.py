@@ -139,3 +139,27 @@ def test_stage2_starts_from_stage1_parameters_with_a_fresh_optimizer(data_dir, t
     np.testing.assert_array_equal(
         np.asarray(stage2.embed_out[...]), np.asarray(stage1.embed_out[...])
     )
+
+
+def test_training_writes_sample_generations(data_dir, tmp_path):
+    import json
+
+    from flax import nnx
+
+    from llmcxr_jax.models.vqgan import VQGAN, get_preset
+
+    checkpoint.save_model(tmp_path / "vq", VQGAN(get_preset("demo-f8"), rngs=nnx.Rngs(1)))
+    config = _config(
+        data_dir,
+        "--config.steps=5",
+        "--config.eval_every=5",
+        "--config.sample_every=5",
+        f"--config.vqgan={tmp_path / 'vq'}",
+    )
+    metrics = lm.train(config, tmp_path / "w", progress=False)
+    assert np.isfinite(metrics["eval_loss"])
+    sample = json.loads((tmp_path / "w" / "samples" / "step_000005.json").read_text())
+    codes = np.asarray(sample["generated_codes"])
+    assert codes.shape == (64,) and codes.min() >= 0 and codes.max() < 256
+    assert isinstance(sample["generated_report"], str)
+    assert (tmp_path / "w" / "samples" / "step_000005.png").stat().st_size > 100

@@ -1,0 +1,142 @@
+#!/usr/bin/env bash
+# Run an llmcxr-jax job on every worker of a Cloud TPU v4 VM or pod slice.
+#
+#   launch/tpu_run.sh --name llmcxr --zone us-central2-b --accelerator-type v4-32 --create \
+#       --config configs/llmcxr_stage1.py --workdir gs://my-bucket/stage1 \
+#       -- --config.init.checkpoint=gs://my-bucket/dolly --config.data.data_dir=gs://my-bucket/tfds
+#
+# Steps (each printed before it runs; --dry-run prints them and runs nothing):
+#   1. create the TPU VM / slice (only with --create),
+#   2. put the code on every worker: a tarball of this checkout (default) or `git clone --repo`,
+#   3. install it with JAX for TPUs into ~/llmcxr_jax/.venv on every worker,
+#   4. start the job on all workers at once (--worker=all): `llmcxr-jax <job> --config ...
+#      --workdir ... --config.distributed=True <extra args>`; every worker logs to
+#      ~/llmcxr_logs/<run>.log, and --fetch-logs copies them here afterwards.
+# The workdir should be a gs:// path: every host reads and writes the same checkpoints.
+set -euo pipefail
+
+usage() {
+  sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'
+  cat <<'EOF'
+Flags:
+  --name NAME                TPU VM name (required)
+  --zone ZONE                e.g. us-central2-b (required)
+  --project PROJECT          gcloud project (default: gcloud's configured one)
+  --accelerator-type TYPE    v4-8 (default), v4-16, v4-32, ...
+  --runtime-version VERSION  TPU VM image (default tpu-ubuntu2204-base)
+  --create                   create the VM first
+  --delete                   delete the VM when the job ends
+  --repo URL [--branch B]    clone this repository on the workers instead of copying the checkout
+  --job JOB                  llmcxr-jax subcommand (default train; train-vqgan, encode-images, ...)
+  --config FILE[:ARG]        config file, relative to the repository root
+  --workdir DIR              run directory, normally gs://bucket/path
+  --fetch-logs DIR           copy the workers' logs into DIR at the end
+  --dry-run                  print every command, run none
+  -- ARGS...                 passed on to llmcxr-jax (e.g. --config.data.data_dir=gs://...)
+EOF
+}
+
+NAME="" ZONE="" PROJECT="" ACCEL="v4-8" RUNTIME="tpu-ubuntu2204-base" CREATE=0 DELETE=0
+REPO="" BRANCH="main" JOB="train" CONFIG="" WORKDIR="" FETCH_LOGS="" DRY_RUN=0
+EXTRA=()
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --name) NAME="$2"; shift 2 ;;
+    --zone) ZONE="$2"; shift 2 ;;
+    --project) PROJECT="$2"; shift 2 ;;
+    --accelerator-type) ACCEL="$2"; shift 2 ;;
+    --runtime-version) RUNTIME="$2"; shift 2 ;;
+    --create) CREATE=1; shift ;;
+    --delete) DELETE=1; shift ;;
+    --repo) REPO="$2"; shift 2 ;;
+    --branch) BRANCH="$2"; shift 2 ;;
+    --job) JOB="$2"; shift 2 ;;
+    --config) CONFIG="$2"; shift 2 ;;
+    --workdir) WORKDIR="$2"; shift 2 ;;
+    --fetch-logs) FETCH_LOGS="$2"; shift 2 ;;
+    --dry-run) DRY_RUN=1; shift ;;
+    -h|--help) usage; exit 0 ;;
+    --) shift; EXTRA=("$@"); break ;;
+    *) echo "tpu_run.sh: unknown flag $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
+
+missing=()
+[[ -n "$NAME" ]] || missing+=(--name)
+[[ -n "$ZONE" ]] || missing+=(--zone)
+[[ -n "$CONFIG" ]] || missing+=(--config)
+[[ -n "$WORKDIR" ]] || missing+=(--workdir)
+if [[ ${#missing[@]} -gt 0 ]]; then
+  echo "tpu_run.sh: missing ${missing[*]} (see --help)" >&2
+  exit 2
+fi
+if [[ "$WORKDIR" != gs://* ]]; then
+  echo "tpu_run.sh: warning: --workdir $WORKDIR is not a gs:// path; on a multi-host slice" \
+       "every worker must see the same directory" >&2
+fi
+
+RUN_ID="$(date -u +%Y%m%d-%H%M%S)"
+GCLOUD_TPU=(gcloud compute tpus tpu-vm)
+WHERE=(--zone "$ZONE")
+[[ -n "$PROJECT" ]] && WHERE+=(--project "$PROJECT")
+
+# One argument as the shell would need it: as is when plain, else in single quotes.
+shell_quote() {
+  if [[ "$1" =~ ^[A-Za-z0-9_@%+=:,./~-]+$ ]]; then
+    printf '%s' "$1"
+  else
+    printf "'%s'" "${1//\'/\'\\\'\'}"
+  fi
+}
+
+# Print a command (quoted, so it can be pasted) and run it unless --dry-run.
+run() {
+  printf '+'
+  for a in "$@"; do printf ' %s' "$(shell_quote "$a")"; done
+  printf '\n'
+  if [[ "$DRY_RUN" -eq 0 ]]; then
+    "$@"
+  fi
+}
+
+on_all_workers() {
+  run "${GCLOUD_TPU[@]}" ssh "$NAME" "${WHERE[@]}" --worker=all --command "$1"
+}
+
+if [[ "$CREATE" -eq 1 ]]; then
+  run "${GCLOUD_TPU[@]}" create "$NAME" "${WHERE[@]}" \
+    --accelerator-type "$ACCEL" --version "$RUNTIME"
+fi
+
+if [[ -n "$REPO" ]]; then
+  on_all_workers "rm -rf ~/llmcxr_jax && git clone --depth 1 --branch $(printf %q "$BRANCH") \
+$(printf %q "$REPO") ~/llmcxr_jax"
+else
+  ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+  TARBALL="/tmp/llmcxr_jax-$RUN_ID.tar.gz"
+  run tar -czf "$TARBALL" -C "$ROOT" --exclude=.venv --exclude=.git --exclude='*.egg-info' \
+    --exclude=__pycache__ .
+  run "${GCLOUD_TPU[@]}" scp "$TARBALL" "$NAME:/tmp/llmcxr_jax.tar.gz" "${WHERE[@]}" --worker=all
+  on_all_workers "rm -rf ~/llmcxr_jax && mkdir -p ~/llmcxr_jax && \
+tar -xzf /tmp/llmcxr_jax.tar.gz -C ~/llmcxr_jax"
+fi
+
+on_all_workers "cd ~/llmcxr_jax && python3 -m venv .venv && .venv/bin/pip install -q -U pip && \
+.venv/bin/pip install -q -e '.[tb,tfds]' 'jax[tpu]' \
+-f https://storage.googleapis.com/jax-releases/libtpu_releases.html"
+
+JOB_ARGS=(--config "$CONFIG" --workdir "$WORKDIR" --config.distributed=True "${EXTRA[@]}")
+QUOTED=""
+for a in "${JOB_ARGS[@]}"; do QUOTED+=" $(printf %q "$a")"; done
+on_all_workers "mkdir -p ~/llmcxr_logs && cd ~/llmcxr_jax && \
+.venv/bin/llmcxr-jax $(printf %q "$JOB")$QUOTED 2>&1 | tee ~/llmcxr_logs/$RUN_ID.log"
+
+if [[ -n "$FETCH_LOGS" ]]; then
+  run mkdir -p "$FETCH_LOGS"
+  run "${GCLOUD_TPU[@]}" scp "$NAME:~/llmcxr_logs/$RUN_ID.log" "$FETCH_LOGS/" "${WHERE[@]}" \
+    --worker=all
+fi
+
+if [[ "$DELETE" -eq 1 ]]; then
+  run "${GCLOUD_TPU[@]}" delete "$NAME" "${WHERE[@]}" --quiet
+fi
