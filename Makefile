@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 TEST_ENV := XLA_FLAGS="--xla_force_host_platform_device_count=8" JAX_PLATFORMS=cpu
 PYTEST_ARGS ?=
 
-.PHONY: install test lint bench-decode bench-vqgan clean
+.PHONY: install test demo lint bench-decode bench-generate bench-vqgan clean
 
 $(STAMP): setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,9 @@ $(STAMP): setup.py
 
 install: $(STAMP)
 
+demo: $(STAMP)
+	JAX_PLATFORMS=cpu $(VENV)/bin/llmcxr-jax demo --out demo-out
+
 test: lint
 	$(TEST_ENV) $(PY) -m pytest -q tests $(PYTEST_ARGS)
 
@@ -27,6 +30,9 @@ lint: $(STAMP)
 
 bench-decode: $(STAMP)
 	JAX_PLATFORMS=cpu $(PY) benchmarks/decode.py
+
+bench-generate: $(STAMP)
+	JAX_PLATFORMS=cpu $(PY) benchmarks/generate.py
 
 bench-vqgan: $(STAMP)
 	JAX_PLATFORMS=cpu $(PY) benchmarks/vqgan.py

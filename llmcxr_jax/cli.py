@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 
 def _import_hf(args: argparse.Namespace) -> None:
@@ -195,6 +200,165 @@ def _prepare_data(args: argparse.Namespace) -> None:
     )
 
 
+def _generate(args: argparse.Namespace) -> None:
+    """One line per result on stdout, one `error: ITEM: PROBLEM` line per bad input on stderr;
+    the good inputs complete, and the exit status is 1 when any failed."""
+    from llmcxr_jax import decode
+    from llmcxr_jax.generate import Generator, Results
+
+    gen = Generator.load(
+        args.checkpoint, args.vqgan, tokenizer=args.tokenizer, batch_size=args.batch_size
+    )
+    if args.greedy:
+        sampler = decode.GREEDY
+    else:
+        sampler = decode.Sampler(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+    out = Path(args.out) if args.out else None
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+
+    def inputs() -> tuple[list[Any], list[str], Results | None]:
+        if args.codes:
+            codes = np.load(args.codes, allow_pickle=False)
+            return list(codes), [f"{args.codes}[{i}]" for i in range(len(codes))], None
+        if not args.images:
+            raise ValueError("give --images FILE... or --codes FILE.npy")
+        enc = gen.encode_files(args.images, allow_upscale=args.allow_upscale)
+        return enc.values, [str(p) for p in args.images], enc
+
+    rows: list[dict[str, Any]] = []
+    common = dict(seed=args.seed, progress=True)
+    if args.task == "image":
+        reports = list(args.report or [])
+        if args.reports_file:
+            reports += Path(args.reports_file).read_text(encoding="utf-8").splitlines()
+        if not reports:
+            raise ValueError("give --report TEXT (repeatable) or --reports-file FILE")
+        names = [f"report {i}" for i in range(len(reports))]
+        res = gen.images(reports, sampler=sampler, names=names, **common)
+        good = res.ok
+        if out and good:
+            np.save(out / "codes.npy", np.stack([res.values[i] for i in good]))
+        if good and gen.vqgan is not None:
+            from llmcxr_jax.data.images import save_png
+
+            pixels = gen.decode(np.stack([res.values[i] for i in good]))
+            for j, i in enumerate(good):
+                if out:
+                    save_png(pixels[j], out / f"image_{i:04d}.png")
+        for i, r in enumerate(reports):
+            png = str(out / f"image_{i:04d}.png") if out and i in good else None
+            rows.append({"input": r, "png": png})
+    else:
+        values, names, enc = inputs()
+        if args.task == "report":
+            res = gen.reports(
+                values,
+                sampler=sampler,
+                names=names,
+                num_samples=args.num_samples,
+                max_new_tokens=args.max_new_tokens,
+                **common,
+            )
+            key = "report"
+        else:
+            questions = list(args.question or [])
+            if len(questions) == 1:
+                questions *= len(values)
+            if len(questions) != len(values):
+                raise ValueError(f"{len(questions)} questions for {len(values)} images")
+            res = gen.answers(
+                values,
+                questions,
+                sampler=sampler,
+                names=names,
+                max_new_tokens=min(args.max_new_tokens, 48),
+                **common,
+            )
+            key = "answer"
+        if enc is not None:  # images that could not be read come first in the failures
+            res.failures = sorted(enc.failures + res.failures, key=lambda f: f.index)
+        for i, name in enumerate(names):
+            rows.append({"input": name, key: res.values[i]})
+            if args.task == "vqa":
+                rows[-1]["question"] = questions[i]
+    failed = {f.index: f for f in res.failures}
+    for i, row in enumerate(rows):
+        if i in failed:
+            row["error"] = failed[i].message
+            print(f"error: {failed[i]}", file=sys.stderr)
+        elif args.task == "image":
+            print(f"{row['input']!r} -> {row['png'] or 'codes'}")
+        elif args.task == "report":
+            print(f"{row['input']}: {row['report']}")
+        else:
+            print(f"{row['input']}: {row['question']} -> {row['answer']}")
+    if out:
+        name = {"report": "reports", "image": "images", "vqa": "answers"}[args.task]
+        with open(out / f"{name}.jsonl", "w", encoding="utf-8") as f:
+            for row in rows:
+                f.write(json.dumps(row, default=_jsonable) + "\n")
+    if failed:
+        print(f"generate: {len(failed)} of {len(rows)} inputs failed", file=sys.stderr)
+        raise SystemExit(1)
+
+
+def _jsonable(x: Any) -> Any:
+    return x.tolist() if isinstance(x, np.ndarray) else str(x)
+
+
+def _demo(args: argparse.Namespace) -> None:
+    from llmcxr_jax import demo
+
+    config = demo._config(args.config, *args.overrides)
+    demo.run(args.out, config, progress=not args.no_progress)
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    import ml_collections
+
+    from llmcxr_jax import checkpoint, decode
+    from llmcxr_jax.eval import evaluate as evaluation
+    from llmcxr_jax.generate import Generator
+    from llmcxr_jax.train import lm
+
+    gen = Generator.load(
+        args.checkpoint, args.vqgan, tokenizer=args.tokenizer, batch_size=args.batch_size
+    )
+    clf = checkpoint.load_model(args.classifier, expect="densenet") if args.classifier else None
+    name, _, variant = args.dataset.partition("/")
+    kwargs = {}
+    for kv in args.builder_kwarg or []:
+        k, _, v = kv.partition("=")
+        kwargs[k] = int(v) if v.isdigit() else v
+    data = ml_collections.ConfigDict(
+        {
+            "builder": name,
+            "builder_config": variant,
+            "data_dir": args.data_dir,
+            "builder_kwargs": kwargs,
+        }
+    )
+    records = lm.open_records(data, args.split)
+    evaluation.evaluate(
+        gen,
+        records,
+        args.out,
+        classifier=clf,
+        stage=args.stage,
+        num_reports=args.num_reports,
+        num_images=args.num_images,
+        sampler=decode.Sampler(top_p=args.top_p),
+        seed=args.seed,
+        max_items=args.max_items,
+        vqa_questions=args.vqa_questions,
+        max_report_tokens=args.max_new_tokens,
+        uncertain_positive=args.uncertain_positive,
+    )
+    print(Path(args.out, "results.md").read_text())
+    print(f"evaluate: results.json, results.md, samples.png in {args.out}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="llmcxr-jax",
@@ -280,6 +444,56 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--hbm-gib", type=float, default=32.0, help="memory per chip (TPU v4: 32)")
     p.set_defaults(func=_plan, takes_overrides=True)
+
+    p = sub.add_parser("generate", help="reports from CXRs, CXRs from reports, VQA answers")
+    p.add_argument("task", choices=["report", "image", "vqa"])
+    p.add_argument("--checkpoint", required=True, help="LM checkpoint (or training workdir)")
+    p.add_argument("--vqgan", help="VQ-GAN checkpoint: needed for image files and PNG output")
+    p.add_argument("--tokenizer", help="tokenizer dir (default: CHECKPOINT/tokenizer)")
+    p.add_argument("--images", nargs="+", help="JPEG/PNG/DICOM files (report, vqa)")
+    p.add_argument("--codes", help=".npy int array [N, h*w] of pre-computed codes (report, vqa)")
+    p.add_argument("--allow-upscale", action="store_true", help="upscale small images")
+    p.add_argument("--report", action="append", help="report text (image; repeatable)")
+    p.add_argument("--reports-file", help="one report per line (image)")
+    p.add_argument("--question", action="append", help="question (vqa; one, or one per image)")
+    p.add_argument("--out", help="directory for PNGs, codes.npy and a JSONL of the results")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--greedy", action="store_true", help="greedy instead of sampling")
+    p.add_argument("--top-p", type=float, default=0.92, help="nucleus mass (LLM-CXR: 0.92)")
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--num-samples", type=int, default=1, help="reports per image (report)")
+    p.add_argument("--max-new-tokens", type=int, default=256, help="text length cap")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.set_defaults(func=_generate)
+
+    p = sub.add_parser("evaluate", help="the paper's evaluation tables for a checkpoint")
+    p.add_argument("--checkpoint", required=True, help="LM checkpoint (or training workdir)")
+    p.add_argument("--vqgan", help="VQ-GAN checkpoint (report-to-CXR needs it)")
+    p.add_argument("--classifier", help="CXR classifier checkpoint (report-to-CXR, FID)")
+    p.add_argument("--tokenizer", help="tokenizer dir (default: CHECKPOINT/tokenizer)")
+    p.add_argument("--dataset", required=True, help="e.g. cxr_phantoms/64, mimic_cxr_jpg/paths")
+    p.add_argument("--data-dir", default="", help="TFDS data dir of the prepared data set")
+    p.add_argument("--builder-kwarg", action="append", metavar="KEY=VALUE")
+    p.add_argument("--split", default="test")
+    p.add_argument("--stage", type=int, default=2, help="which report text the model learned")
+    p.add_argument("--num-reports", type=int, default=4, help="sampled reports per image")
+    p.add_argument("--num-images", type=int, default=1, help="generated films per report")
+    p.add_argument("--vqa-questions", type=int, default=2, help="per image (0: no VQA)")
+    p.add_argument("--uncertain-positive", action="store_true", help="count uncertain as 1")
+    p.add_argument("--max-new-tokens", type=int, default=256, help="report length cap")
+    p.add_argument("--top-p", type=float, default=0.92)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-items", type=int, default=0, help="0: the whole split")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--out", required=True, help="directory for the JSON, Markdown and PNG")
+    p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("demo", help="the whole recipe on the embedded phantoms, on a CPU")
+    p.add_argument("--out", default="demo-out", help="output directory (resumable)")
+    p.add_argument("--config", default="demo_run.py", help="configs/ file[:arg]")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_demo, takes_overrides=True)
 
     p = sub.add_parser("prepare-data", help="build a TFDS data set (array_record, no TensorFlow)")
     p.add_argument(

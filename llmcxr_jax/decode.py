@@ -11,7 +11,12 @@ each row keeps its own positions.
 
 Sampling: greedy, or temperature with optional top-k and top-p (nucleus), always restricted to
 an allowed-id set: the padding rows of a TPU-padded vocabulary are never produced, and a caller
-may pass a per-call (or per-row) token mask, e.g. only image codes or only text.
+may pass a per-call (or per-row) token mask, e.g. only text.
+
+Image-constrained decoding (`vocab_range=(lo, hi)`): only the logits of ids lo..hi-1 are
+computed (a slice of the output projection, 1,024 of 51,305 rows for LLM-CXR) and sampled, so
+every step yields a valid image code and exactly `max_new_tokens` codes come out, with no
+resampling loop. Top-p and temperature then apply to the distribution restricted to the codes.
 """
 
 from __future__ import annotations
@@ -160,16 +165,10 @@ def left_align(tokens: Array, mask: Array, pad_id: int = 0) -> tuple[Array, Arra
 # --------------------------------------------------------------------------------------------
 
 
-def _prefill(
-    graphdef: nnx.GraphDef,
-    state: nnx.State,
-    tokens: Array,
-    mask: Array,
-    cache_len: int,
-    pad_id: int,
-    layers: Any = None,
+def _prefill_hidden(
+    model: GPTNeoX, tokens: Array, mask: Array, cache_len: int, pad_id: int, layers: Any = None
 ) -> tuple[Array, KVCache, Array]:
-    model = nnx.merge(graphdef, state)
+    """Last position's hidden state [B, D], the filled cache and each row's next position."""
     tokens, mask = left_align(tokens, mask, pad_id)
     B, P = tokens.shape
     n = mask.sum(-1).astype(jnp.int32)
@@ -183,7 +182,20 @@ def _prefill(
     hidden, cache = model.hidden_states(
         tokens, positions, mask.astype(jnp.int32), cache, layers=layers
     )
-    return model.logits(hidden[:, -1]), cache, n
+    return hidden[:, -1], cache, n
+
+
+def _prefill(
+    graphdef: nnx.GraphDef,
+    state: nnx.State,
+    tokens: Array,
+    mask: Array,
+    cache_len: int,
+    pad_id: int,
+) -> tuple[Array, KVCache, Array]:
+    model = nnx.merge(graphdef, state)
+    hidden, cache, n = _prefill_hidden(model, tokens, mask, cache_len, pad_id)
+    return model.logits(hidden), cache, n
 
 
 def _extend(
@@ -237,16 +249,19 @@ def _generate(
     sampler: Sampler,
     max_new_tokens: int,
     pad_id: int,
+    vocab_range: tuple[int, int] | None = None,
 ) -> GenerateOutput:
     B, P = tokens.shape
+    lo = 0 if vocab_range is None else vocab_range[0]
     model = nnx.merge(graphdef, state)
     layers = model.unstack_layers()  # sliced once here, not at every step inside the loop
-    logits, cache, positions = _prefill(
-        graphdef, state, tokens, mask, P + max_new_tokens, pad_id, layers
+    hidden, cache, positions = _prefill_hidden(
+        model, tokens, mask, P + max_new_tokens, pad_id, layers
     )
+    logits = model.logits(hidden, vocab_range)
 
     def pick(step: Array, logits: Array, done: Array) -> tuple[Array, Array]:
-        tok = sample_logits(logits, jax.random.fold_in(rng, step), sampler, allowed)
+        tok = lo + sample_logits(logits, jax.random.fold_in(rng, step), sampler, allowed)
         tok = jnp.where(done, pad_id, tok)
         return tok, done | is_stop(tok, stop_tokens)
 
@@ -263,7 +278,7 @@ def _generate(
         hidden, cache = model.hidden_states(
             last[:, None], positions[:, None], jnp.ones((B, 1), jnp.int32), cache, layers=layers
         )
-        tok, new_done = pick(step, model.logits(hidden[:, 0]), done)
+        tok, new_done = pick(step, model.logits(hidden[:, 0], vocab_range), done)
         out = jax.lax.dynamic_update_slice(out, tok[:, None], (0, step))
         lengths = lengths + (~done).astype(jnp.int32)
         return step + 1, out, tok, positions + 1, cache, new_done, lengths
@@ -273,7 +288,9 @@ def _generate(
     return GenerateOutput(tokens=out, lengths=lengths, stopped=done)
 
 
-_generate_jit = jax.jit(_generate, static_argnames=("graphdef", "max_new_tokens", "pad_id"))
+_generate_jit = jax.jit(
+    _generate, static_argnames=("graphdef", "max_new_tokens", "pad_id", "vocab_range")
+)
 
 
 def generate(
@@ -287,11 +304,14 @@ def generate(
     token_mask: Array | np.ndarray | None = None,
     rng: Array | int = 0,
     pad_id: int = 0,
+    vocab_range: tuple[int, int] | None = None,
 ) -> GenerateOutput:
     """Generate up to `max_new_tokens` for each prompt row.
 
     prompt_tokens [B, P] with prompt_mask [B, P] (True on real tokens; left or right padding);
-    stop_tokens one list for all rows or a list per row; token_mask [V] or [B, V] of allowed ids.
+    stop_tokens one list for all rows or a list per row; token_mask [V] or [B, V] of allowed ids
+    (with `vocab_range`, a mask over the range's ids only). `vocab_range=(lo, hi)` restricts
+    generation to ids lo..hi-1 and computes only their logits (image-constrained decoding).
     """
     prompt_tokens = jnp.asarray(prompt_tokens, jnp.int32)
     B, P = prompt_tokens.shape
@@ -307,7 +327,14 @@ def generate(
         )
     if not sampler.greedy and not sampler.temperature > 0:
         raise ValueError("sampling needs temperature > 0 (use Sampler.argmax() for greedy)")
-    allowed = allowed_ids(cfg.vocab_size, cfg.padded_vocab_size, token_mask, B)
+    if vocab_range is None:
+        allowed = allowed_ids(cfg.vocab_size, cfg.padded_vocab_size, token_mask, B)
+    else:
+        lo, hi = (int(v) for v in vocab_range)
+        if not 0 <= lo < hi <= cfg.vocab_size:
+            raise ValueError(f"vocab_range {vocab_range} is not inside [0, {cfg.vocab_size})")
+        vocab_range = (lo, hi)
+        allowed = allowed_ids(hi - lo, hi - lo, token_mask, B)
     key = jax.random.key(rng) if isinstance(rng, int) else rng
     graphdef, state = nnx.split(model)
     return _generate_jit(
@@ -321,4 +348,5 @@ def generate(
         sampler,
         max_new_tokens=max_new_tokens,
         pad_id=pad_id,
+        vocab_range=vocab_range,
     )

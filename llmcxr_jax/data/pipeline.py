@@ -82,6 +82,8 @@ class ImageTextExamples:
         vqa_mode: str = "synthesize",
         vqa_by_id: dict[str, list[vqa.QA]] | None = None,
         counters: Counters | None = None,
+        vqa_per_image: int = 4,
+        directions: str = "alternate",
     ):
         from llmcxr_jax.data import reports
 
@@ -104,13 +106,24 @@ class ImageTextExamples:
             elif stage == 1:
                 self.counters.add("no_report_text")
         self.texts = texts
-        directions = instructions.assign_directions([meta[i]["id"] for i in texts], seed)
-        examples = [Example(i, directions[meta[i]["id"]]) for i in sorted(texts)]
+        if directions == "alternate":  # LLM-CXR: each image serves one direction
+            assigned = instructions.assign_directions([meta[i]["id"] for i in texts], seed)
+            examples = [Example(i, assigned[meta[i]["id"]]) for i in sorted(texts)]
+        elif directions == "both":  # every image in both directions (twice the examples)
+            examples = [Example(i, d) for i in sorted(texts) for d in ("report", "image")]
+        else:
+            raise ValueError(f"directions must be alternate or both, got {directions!r}")
         if vqa_mode != "none":
             for i in sorted(stage2_idx):
                 m = meta[i]
                 if vqa_mode == "synthesize":
-                    qas = vqa.synthesize(m["labels"], m["details"], seed=seed, key=m["id"])
+                    qas = vqa.synthesize(
+                        m["labels"],
+                        m["details"],
+                        seed=seed,
+                        key=m["id"],
+                        max_questions=vqa_per_image,
+                    )
                 elif vqa_mode == "file":
                     qas = (vqa_by_id or {}).get(m["id"], [])
                 else:
@@ -292,6 +305,8 @@ def from_config(
         seed=d.seed,
         vqa_mode=d.get("vqa", "synthesize"),
         counters=counters,
+        vqa_per_image=d.get("vqa_per_image", 4),
+        directions=d.get("directions", "alternate"),
     )
     instr = InstructionExamples(instruction_records) if instruction_records else None
     paragraphs = paragraph_dataset(image_text, instr, weights=tuple(d.mix_weights), seed=d.seed)

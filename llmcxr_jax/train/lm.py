@@ -123,12 +123,25 @@ def build_model(
 ) -> GPTNeoX:
     init = config.init
     overrides = dict(config.get("model_overrides", {}) or {})
-    if init.get("params_from"):  # stage 2: a stage-1 run's parameters, a fresh optimizer
-        src = Path(init.params_from)
-        src = src / "model" if (src / "model" / checkpoint.CONFIG_FILE).exists() else src
-        model = checkpoint.load_model(src, mesh=mesh, **overrides)
-    elif init.get("checkpoint"):
-        model = checkpoint.load_model(init.checkpoint, mesh=mesh, **overrides)
+    if init.get("params_from") or init.get("checkpoint"):
+        if init.get("params_from"):  # stage 2: a stage-1 run's parameters, a fresh optimizer
+            src = Path(init.params_from)
+            src = src / "model" if (src / "model" / checkpoint.CONFIG_FILE).exists() else src
+        else:
+            src = Path(init.checkpoint)
+        saved = checkpoint.load_config(src, "gpt_neox")
+        # shape fields in model_overrides describe a model trained from scratch; a loaded
+        # checkpoint keeps its own shape (a mismatch is an error), only execution options apply
+        execution = checkpoint.kinds()["gpt_neox"].execution_fields
+        wrong = {
+            k: (v, getattr(saved, k))
+            for k, v in overrides.items()
+            if k not in execution and getattr(saved, k) != v
+        }
+        if wrong:
+            raise ValueError(f"{src}: model_overrides differ from the checkpoint's: {wrong}")
+        exec_overrides = {k: v for k, v in overrides.items() if k in execution}
+        model = checkpoint.load_model(src, mesh=mesh, **exec_overrides)
     else:
         cfg = get_preset(
             config.model, vocab_size=tok.vocab_size, vocab_pad_multiple=128, **overrides
@@ -248,6 +261,9 @@ def train(
         vqa_mode="none",
     )
     steps = estimate_steps(config, image_text, tok, len(dolly))
+    if config.optim.get("decay") == "cosine" and not config.optim.get("decay_steps"):
+        # decay_steps 0 means: reach min_lr at the end of this run
+        config.optim.decay_steps = max(steps - int(config.optim.warmup_steps), 1)
 
     model = build_model(config, tok, mesh)
     graphdef, params = nnx.split(model, nnx.Param)

@@ -292,7 +292,9 @@ def load_lpips(config: ml_collections.ConfigDict):
     )
 
 
-def load_classifier(config: ml_collections.ConfigDict, source: Any, workdir: Path):
+def load_classifier(
+    config: ml_collections.ConfigDict, source: Any, workdir: Path, *, progress: bool = True
+):
     """The frozen CXR classifier for the clinical loss: given weights, or trained here."""
     if config.loss.clinical_weight <= 0:
         return None
@@ -320,7 +322,7 @@ def load_classifier(config: ml_collections.ConfigDict, source: Any, workdir: Pat
         f"{source.num_labels} labels ({c.train_steps} steps)",
         flush=True,
     )
-    model = train_classifier.train(c, source, seed=config.seed)
+    model = train_classifier.train(c, source, seed=config.seed, progress=progress)
     checkpoint.save_model(out, model, overwrite=True)
     return model
 
@@ -393,7 +395,7 @@ def train(
     disc = init_discriminator(config)
     frozen, frozen_states = _frozen(
         load_lpips(config),
-        load_classifier(config, source, workdir),
+        load_classifier(config, source, workdir, progress=progress),
         tuple(config.loss.clinical_features),
     )
     tx_ae = optax.adam(config.optim.lr, b1=config.optim.b1, b2=config.optim.b2)

@@ -1,0 +1,54 @@
+"""`make demo` / `llmcxr-jax demo`: the whole recipe on the embedded phantoms, on a CPU.
+
+Phantom films (64x64) -> a small VQ-GAN with the clinical loss (configs/vqgan_demo.py) ->
+codes for every film -> the cxr_phantoms/64 TFDS data set with codes -> a BPE tokenizer ->
+stage 1 and stage 2 of a small LM (configs/demo.py) -> generation and the paper's evaluation
+on the held-out test split. Arg `test` shrinks every step for the test suite.
+"""
+
+import ml_collections
+
+
+def get_config(arg: str = "") -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    # phantom films per split (disjoint patients); the VQ-GAN trains on the train split only
+    c.train_size = 2400
+    c.validate_size = 48
+    c.test_size = 96
+    c.seed = 0
+
+    # step            config file           --config overrides
+    c.vqgan_config = "vqgan_demo.py"
+    c.vqgan_overrides = (
+        "--config.steps=300",
+        "--config.ckpt_every=100",
+        "--config.sample_every=100",
+        "--config.classifier.train_steps=300",
+    )
+    c.stage1_config = "demo.py"
+    c.stage1_overrides = ()
+    c.stage2_config = "demo.py:stage2"
+    c.stage2_overrides = ()
+
+    # evaluation (eval/evaluate.py)
+    c.eval = ml_collections.ConfigDict()
+    c.eval.num_reports = 8  # sampled reports per test film: the AUROC score is their fraction
+    c.eval.num_images = 4  # films generated per test report: the classifier scores are averaged
+    c.eval.top_p = 0.92  # LLM-CXR's sampling
+    c.eval.vqa_questions = 2  # per test film
+    c.eval.max_report_tokens = 128  # phantom reports are short
+    c.eval.batch_size = 32
+    c.eval.max_items = 0  # 0 = the whole test split
+
+    if arg == "test":
+        c.train_size, c.validate_size, c.test_size = 48, 8, 8
+        c.vqgan_config = "vqgan_demo.py:test"
+        c.vqgan_overrides = ("--config.model=demo-f8", "--config.steps=4", "--config.ckpt_every=4")
+        c.stage1_config = "demo.py:test"
+        c.stage1_overrides = ("--config.steps=6", "--config.ckpt_every=6", "--config.eval_every=0")
+        c.stage2_config = "demo.py:stage2,test"
+        c.stage2_overrides = ("--config.steps=4", "--config.ckpt_every=4", "--config.eval_every=0")
+        c.eval.num_reports = 2
+        c.eval.vqa_questions = 1
+        c.eval.batch_size = 8
+    return c

@@ -1,0 +1,195 @@
+"""`llmcxr-jax demo` end to end at the test sizes, and the Colab notebook run on its outputs.
+
+The demo runs once for the module (about a minute and a half on a CPU); the other tests read
+its output directory.
+"""
+
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from llmcxr_jax import checkpoint, demo
+from llmcxr_jax.data import images
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOK = ROOT / "notebooks" / "evaluate_checkpoint.ipynb"
+CONFIG = "demo_run.py:test"
+STEPS = 6
+PUBLISHED = [f"{m} (published, MIMIC-CXR)" for m in ("LLM-CXR", "UniXGen", "XrayGPT")]
+NOTEBOOK_PARAMETERS = [
+    *("REPO_URL", "CHECKPOINT", "VQGAN", "CLASSIFIER", "DATA_DIR", "DATASET", "BUILDER_KWARGS"),
+    *("SPLIT", "IMAGE", "REPORT", "QUESTION", "SEED", "MAX_ITEMS", "OUT"),
+]
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    config = demo._config(CONFIG)
+    results = demo.run(out, config, progress=False)
+    return out, config, results
+
+
+def _sizes(config):
+    return {k: config[k] for k in ("train_size", "validate_size", "test_size")}
+
+
+def _check_unit_or_nan(value, what):
+    assert isinstance(value, float), f"{what}: {value!r}"
+    assert math.isnan(value) or 0.0 <= value <= 1.0, f"{what}: {value}"
+
+
+def test_demo_outputs(demo_run):
+    out, _, returned = demo_run
+    eval_dir = out / "eval"
+    results = json.loads((eval_dir / "results.json").read_text())
+    assert results["num_items"] > 0
+
+    for task in ("cxr_to_report", "report_to_cxr"):
+        auroc = results[task]["auroc"]
+        for avg in ("micro", "macro", "weighted"):
+            _check_unit_or_nan(auroc[avg], f"{task} AUROC {avg}")
+        assert len(auroc["per_class"]) == 6
+        for name, v in auroc["per_class"].items():
+            _check_unit_or_nan(v, f"{task} AUROC {name}")
+        for avg in ("micro", "macro", "weighted"):
+            _check_unit_or_nan(results[task]["f1"][avg], f"{task} F1 {avg}")
+    fid = results["report_to_cxr"]["fid"]
+    assert math.isfinite(fid) and fid >= 0.0
+    vqa = results["vqa"]
+    assert vqa["count"] > 0
+    _check_unit_or_nan(vqa["overall"], "VQA accuracy")
+
+    md = (eval_dir / "results.md").read_text()
+    for row in PUBLISHED:
+        assert row in md
+    assert "FID" in md and "VQA accuracy" in md
+
+    # samples.png: up to 8 real films above the films generated from their reports
+    r2c = results["report_to_cxr"]
+    k = min(8, results["num_items"] - len(r2c["failures"]))
+    res = checkpoint.load_config(out / "vqgan" / "model", expect="vqgan").resolution
+    grid = images.image_grid(np.zeros((2 * k, res, res, 3), np.uint8), ncols=k)
+    with Image.open(eval_dir / "samples.png") as im:
+        assert im.format == "PNG"
+        assert im.size == (grid.shape[1], grid.shape[0])
+
+    timings = returned["timings_s"]
+    assert len(timings) == STEPS
+    assert [t.split()[0] for t in timings] == [f"{i}/{STEPS}" for i in range(1, STEPS + 1)]
+    assert all(v >= 0 for v in timings.values())
+    # the returned results are the ones written
+    assert returned["cxr_to_report"]["auroc"]["micro"] == pytest.approx(
+        results["cxr_to_report"]["auroc"]["micro"], nan_ok=True
+    )
+
+
+def test_demo_rerun_skips_training_and_repeats_results(demo_run):
+    out, config, _ = demo_run
+    before = (out / "eval" / "results.json").read_text()
+    t = time.time()
+    again = demo.run(out, config, progress=False)
+    elapsed = time.time() - t
+    timings = again["timings_s"]
+    assert len(timings) == STEPS
+    slow = {k: v for k, v in list(timings.items())[: STEPS - 1] if v > 5.0}
+    assert not slow, f"steps that should have been skipped took long: {slow}"
+    assert elapsed < 120, elapsed
+    # generation is seeded: the same metrics (the whole file, in fact) come out again
+    assert (out / "eval" / "results.json").read_text() == before
+
+
+def test_notebook_is_committed_clean():
+    import nbformat
+
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    nbformat.validate(nb)
+    assert nb.metadata["kernelspec"]["name"] == "python3"
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(not c.outputs and c.execution_count is None for c in code), "clear the outputs"
+    tagged = [c for c in code if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1
+    names = {line.split("=")[0].strip() for line in tagged[0].source.splitlines() if "=" in line}
+    assert set(NOTEBOOK_PARAMETERS) <= names
+    assert any('"google.colab" in sys.modules' in c.source for c in code)
+
+
+def _outputs(nb):
+    """(all stdout text, all display/result data bundles) of an executed notebook."""
+    stdout, bundles = [], []
+    for cell in nb.cells:
+        for o in cell.get("outputs", []):
+            if o.output_type == "stream" and o.name == "stdout":
+                stdout.append(o.text)
+            elif o.output_type in ("display_data", "execute_result"):
+                bundles.append(o.data)
+    return "".join(stdout), bundles
+
+
+def test_notebook_runs_on_demo_outputs(demo_run, tmp_path, monkeypatch):
+    import nbclient
+    import nbformat
+
+    from llmcxr_jax.data.image_sources import make_source
+
+    out, config, _ = demo_run
+    film = make_source("phantoms:1", 64)[0]["image"]
+    image = tmp_path / "film.png"
+    images.save_png(film, image)
+    nb_out = tmp_path / "nb-out"
+    overrides = {
+        "CHECKPOINT": str(out / "stage2"),
+        "VQGAN": str(out / "vqgan" / "model"),
+        "CLASSIFIER": str(out / "vqgan" / "classifier"),
+        "DATA_DIR": str(out / "tfds"),
+        "BUILDER_KWARGS": _sizes(config),
+        "IMAGE": str(image),
+        "MAX_ITEMS": 4,
+        "OUT": str(nb_out),
+    }
+
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    (params,) = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    params.source += "\n\n# test values\n" + "".join(f"{k} = {v!r}\n" for k, v in overrides.items())
+    # which interpreter the kernel runs: it must be this environment's
+    probe = 'import sys\nprint("KERNEL_PREFIX=" + sys.prefix)'
+    nb.cells.insert(0, nbformat.v4.new_code_cell(probe))
+
+    # the kernel inherits the environment: JAX on the CPU, without the suite's 8 fake devices
+    monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+    flags = os.environ.get("XLA_FLAGS", "").replace("--xla_force_host_platform_device_count=8", "")
+    monkeypatch.setenv("XLA_FLAGS", flags.strip())
+    client = nbclient.NotebookClient(
+        nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    )
+    client.execute()
+
+    stdout, bundles = _outputs(nb)
+    assert f"KERNEL_PREFIX={sys.prefix}\n" in stdout
+
+    # CXR-to-report, report-to-CXR and VQA on the given film
+    summary = json.loads((nb_out / "generated.json").read_text())
+    assert summary["image"] == str(image)
+    assert "Generated report:\n" + summary["report"] in stdout
+    assert f"A: {summary['answer']}" in stdout
+    png = Path(summary["generated_png"])
+    assert png.parent == nb_out
+    with Image.open(png) as im:
+        assert im.format == "PNG" and im.size == (64, 64)
+    assert sum("image/png" in b for b in bundles) >= 4  # input, reconstruction, generated, samples
+
+    # the evaluation table
+    tables = [b["text/markdown"] for b in bundles if "text/markdown" in b]
+    assert any("AUROC" in t for t in tables)
+    assert all(row in tables[0] for row in PUBLISHED)
+    assert "AUROC" in stdout or any("image/png" in b for b in bundles[-2:])  # table or chart
+    results = json.loads((nb_out / "eval" / "results.json").read_text())
+    assert 0 < results["num_items"] <= 4
+    assert (nb_out / "eval" / "samples.png").exists()
