@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 TEST_ENV := XLA_FLAGS="--xla_force_host_platform_device_count=8" JAX_PLATFORMS=cpu
 PYTEST_ARGS ?=
 
-.PHONY: install test demo lint bench-decode bench-generate bench-vqgan clean
+.PHONY: install test demo lint bench-decode bench-generate bench-vqgan bench-pipeline bench-train-step clean
 
 $(STAMP): setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,12 @@ bench-generate: $(STAMP)
 
 bench-vqgan: $(STAMP)
 	JAX_PLATFORMS=cpu $(PY) benchmarks/vqgan.py
+
+bench-pipeline: $(STAMP)
+	JAX_PLATFORMS=cpu $(PY) benchmarks/pipeline.py
+
+bench-train-step: $(STAMP)
+	JAX_PLATFORMS=cpu $(PY) benchmarks/train_step.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
