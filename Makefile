@@ -5,6 +5,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # 8 fake CPU devices: multi-device behaviour (meshes, sharding) is tested without accelerators.
 TEST_ENV := XLA_FLAGS="--xla_force_host_platform_device_count=8" JAX_PLATFORMS=cpu
+# Two pytest workers (pytest-xdist), whole test files per worker, so both of CI's cores work.
+PYTEST_WORKERS ?= 2
 PYTEST_ARGS ?=
 
 .PHONY: install test demo lint bench-decode bench-generate bench-vqgan bench-pipeline bench-train-step clean
@@ -22,7 +24,7 @@ demo: $(STAMP)
 	JAX_PLATFORMS=cpu $(VENV)/bin/llmcxr-jax demo --out demo-out
 
 test: lint
-	$(TEST_ENV) $(PY) -m pytest -q tests $(PYTEST_ARGS)
+	$(TEST_ENV) $(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile tests $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check llmcxr_jax tests benchmarks configs scripts
