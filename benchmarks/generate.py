@@ -34,7 +34,7 @@ import jax
 import numpy as np
 import torch
 import transformers
-from timing import median_seconds
+from timing import bench_gpt_neox_config, median_seconds
 
 from llmcxr_jax.convert.hf_gpt_neox import load_hf_model
 from llmcxr_jax.decode import Sampler, generate
@@ -70,17 +70,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
-    hf_cfg = transformers.GPTNeoXConfig(
-        vocab_size=IMAGE_HI,
-        hidden_size=512,
-        num_hidden_layers=args.layers,
-        num_attention_heads=8,
-        intermediate_size=2048,
-        rotary_pct=0.25,
-        max_position_embeddings=2048,
-        bos_token_id=0,
-        eos_token_id=0,
-    )
+    hf_cfg = bench_gpt_neox_config(args.layers, vocab_size=IMAGE_HI)
     torch.manual_seed(args.seed)
     hf = transformers.GPTNeoXForCausalLM(hf_cfg).eval()
     with tempfile.TemporaryDirectory() as d:

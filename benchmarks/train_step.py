@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import os
 import tempfile
-import time
 
 import jax
 import jax.numpy as jnp
@@ -32,7 +31,7 @@ import numpy as np
 import torch
 import transformers
 from flax import nnx
-from timing import median_seconds
+from timing import bench_gpt_neox_config, median_seconds, seconds
 
 from llmcxr_jax.convert.hf_gpt_neox import load_hf_model
 from llmcxr_jax.train import lm_step, optim
@@ -57,23 +56,13 @@ OPTIM = ml_collections.ConfigDict(
 def matmul_peak_gflops(n: int = 2048, reps: int = 5) -> tuple[float, float]:
     """Best fp32 GFLOP/s of an n^3 matmul: (torch, XLA)."""
     a = torch.randn(n, n)
-    t_torch = min(_time(lambda: torch.mm(a, a), reps))
+    t_torch = min(seconds(lambda: torch.mm(a, a), reps))
     x = jnp.ones((n, n), jnp.float32)
     f = jax.jit(jnp.matmul)
     f(x, x).block_until_ready()
-    t_xla = min(_time(lambda: f(x, x).block_until_ready(), reps))
+    t_xla = min(seconds(lambda: f(x, x).block_until_ready(), reps))
     flops = 2.0 * n**3
     return flops / t_torch / 1e9, flops / t_xla / 1e9
-
-
-def _time(fn, reps: int) -> list[float]:
-    fn()
-    out = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t)
-    return out
 
 
 def main() -> None:
@@ -85,17 +74,7 @@ def main() -> None:
     args = ap.parse_args()
     b, t = args.batch, args.seq
 
-    hf_cfg = transformers.GPTNeoXConfig(
-        vocab_size=51305,
-        hidden_size=512,
-        num_hidden_layers=args.layers,
-        num_attention_heads=8,
-        intermediate_size=2048,
-        rotary_pct=0.25,
-        max_position_embeddings=2048,
-        bos_token_id=0,
-        eos_token_id=0,
-    )
+    hf_cfg = bench_gpt_neox_config(args.layers, vocab_size=51305)
     torch.manual_seed(0)
     hf = transformers.GPTNeoXForCausalLM(hf_cfg).train()
     with tempfile.TemporaryDirectory() as d:

@@ -46,7 +46,7 @@ import json as _json
 from llmcxr_jax.data import instructions as _ins
 from llmcxr_jax.tokenizer import MultimodalTokenizer as _MT
 
-_mt = _MT.from_pretrained("demo-out/stage2/model/tokenizer")
+_mt = _MT.from_pretrained("./demo-out/stage2/model/tokenizer")
 assert (first_code, n_embed, lm.config.vocab_size) == (
     _mt.text_vocab_size, _mt.num_image_codes, _mt.vocab_size)
 _codes = (image_ids - first_code).numpy()

@@ -166,7 +166,7 @@ class ActNorm(nnx.Module):
     `initialized` (uint8, a BatchStat like the running statistics) is 0 until the first call in
     train mode, which sets loc = -mean and scale = 1 / (std + 1e-6) of that batch (unbiased std,
     as torch.std). Gradients still reach loc and scale in that call, as in taming.
-    `use_running_average` is the eval switch (named so `model.train()`/`eval()` set it).
+    `use_running_average` is the eval switch (named so `model.train()` and `model.eval()` set it).
     """
 
     def __init__(self, num_features: int, *, use_running_average: bool = False):
