@@ -121,6 +121,8 @@ def main() -> None:
 
     loss_pt = torch_step()  # first steps: same weights, so the same loss
     loss_jax = jax_step()  # also compiles
+    if abs(loss_pt - loss_jax) > 1e-4 * max(1.0, abs(loss_pt)):  # before spending time on timing
+        raise SystemExit(f"the two first-step losses differ: {loss_pt} vs {loss_jax}")
     t_pt = median_seconds(torch_step, args.reps, warmup=False)
     t_jax = median_seconds(jax_step, args.reps, warmup=False)
 
@@ -138,9 +140,7 @@ def main() -> None:
         f"params fp32; batch {b} x {t}; {flops_step / 1e9:.0f} GFLOP per step; "
         f"median of {args.reps}"
     )
-    print(
-        f"fp32 matmul peak ({2048}^3): torch {peak_torch:.1f} GFLOP/s, XLA {peak_xla:.1f} GFLOP/s"
-    )
+    print(f"fp32 matmul peak (2048^3): torch {peak_torch:.1f} GFLOP/s, XLA {peak_xla:.1f} GFLOP/s")
     print(f"first-step loss: PyTorch {loss_pt:.6f}, JAX {loss_jax:.6f}\n")
     print(
         "| implementation | s/step | tokens/s | GFLOP/s | of matmul peak | speed-up |\n"
@@ -153,8 +153,6 @@ def main() -> None:
             f"{t_pt / sec:.2f}x |",
             flush=True,
         )
-    if abs(loss_pt - loss_jax) > 1e-4 * max(1.0, abs(loss_pt)):
-        raise SystemExit(f"the two first-step losses differ: {loss_pt} vs {loss_jax}")
 
 
 if __name__ == "__main__":
