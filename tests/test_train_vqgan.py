@@ -1,5 +1,6 @@
 """VQ-GAN training: it learns, the clinical loss pulls, and a killed run resumes exactly."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -11,6 +12,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 
@@ -207,3 +209,53 @@ def test_missing_loss_weights_are_explained(tmp_path):
     with pytest.raises(ValueError, match="needs a CXR classifier"):
         vqgan.train(config, tmp_path / "w", progress=False)
     assert json.loads((tmp_path / "w" / "config.json").read_text())["model"] == "tiny"
+
+
+def test_skipping_the_discriminator_before_its_start_changes_no_update():
+    """The `lax.cond` that skips the discriminator before `disc_start` gives the updates of
+    running it with zero factor, before and after the start (only its BatchNorm running
+    statistics, read by no loss, stay put while it is skipped)."""
+    config = load(CONFIG, ["--config.loss.disc_start=1"])
+    vq_cfg = vqgan.vqgan_config(config)
+    ae, disc = vqgan.init_autoencoder(config, vq_cfg), vqgan.init_discriminator(config)
+    frozen, frozen_states = vqgan._frozen(None, None, ())
+    # SGD (with momentum: optimizer state to compare) keeps updates linear in the gradients;
+    # Adam's first steps are sign-like, so rounding in gradients near zero would flip them
+    tx_ae = tx_disc = optax.sgd(1e-2, momentum=0.9)
+    ae_g, disc_g, state = vqgan.init_state(ae, disc, tx_ae, tx_disc)
+    weights = vqgan.loss_weights(config)
+    steps = {
+        run: jax.jit(
+            vqgan.make_train_step(
+                ae_g,
+                disc_g,
+                tx_ae,
+                tx_disc,
+                weights,
+                frozen,
+                vq_cfg.n_embed,
+                run_disc_before_start=run,
+            )
+        )
+        for run in (False, True)
+    }
+    rng = np.random.default_rng(0)
+    states = {run: state for run in steps}
+    for step in range(3):  # step 0 before the start, steps 1 and 2 after it
+        x = jnp.asarray(rng.uniform(-1, 1, (4, 32, 32, 3)), jnp.float32)
+        out = {run: steps[run](states[run], {"image": x}, frozen_states) for run in steps}
+        (skip_state, skip_m), (run_state, run_m) = out[False], out[True]
+        for name in ("l1", "codebook_loss", "disc_factor", "loss"):
+            np.testing.assert_allclose(skip_m[name], run_m[name], rtol=1e-5, atol=1e-7)
+        for tree in ("ae", "disc", "opt_ae", "opt_disc"):
+            a, b = getattr(skip_state, tree), getattr(run_state, tree)
+            for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+                np.testing.assert_allclose(u, v, rtol=1e-4, atol=1e-5, err_msg=f"{tree} @ {step}")
+        if step == 0:
+            assert float(skip_m["g_loss"]) == 0 and float(run_m["g_loss"]) != 0  # skipped
+        else:
+            assert float(skip_m["d_weight"]) > 0 and float(skip_m["disc_factor"]) == 1
+            np.testing.assert_allclose(skip_m["d_loss"], run_m["d_loss"], rtol=1e-5)
+        states = {run: out[run][0] for run in steps}
+        # carry the same statistics so the later steps compare like with like
+        states[False] = dataclasses.replace(states[False], disc_stats=states[True].disc_stats)
