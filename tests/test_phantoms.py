@@ -7,7 +7,6 @@ finding differs), in body coordinates mapped to pixels for an unrotated, centred
 import dataclasses
 import json
 import re
-import time
 from collections import Counter, defaultdict
 
 import numpy as np
@@ -317,24 +316,6 @@ def test_image_source():
 
 
 # --- speed --------------------------------------------------------------------------------------
-
-
-def test_generation_speed():
-    rng = np.random.default_rng(0)
-    cases = [sample_case(rng) for _ in range(200)]
-    render(cases[0], 64, rng)
-    t = time.perf_counter()
-    for c in cases:
-        render(c, 64, rng)
-    assert time.perf_counter() - t < 1.0
-    t = time.perf_counter()
-    for i in range(200):
-        generate(i, resolution=64)
-    assert time.perf_counter() - t < 2.0
-    t = time.perf_counter()
-    for c in cases[:20]:
-        render(c, 256, rng)
-    assert (time.perf_counter() - t) / 20 < 0.02  # ~3 ms here; generous for busy machines
 
 
 def test_case_is_plain_data():
