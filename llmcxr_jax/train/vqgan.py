@@ -116,6 +116,9 @@ def clinical_loss(frozen: Frozen, frozen_states: Any, x: Array, xrec: Array) -> 
     return sum(jnp.mean(jnp.square(pred[n] - target[n])) for n in names) / len(names)
 
 
+_GAN_METRICS = ("g_loss", "d_weight", "d_loss", "logits_real", "logits_fake")
+
+
 def make_train_step(
     ae_graphdef: nnx.GraphDef,
     disc_graphdef: nnx.GraphDef,
@@ -209,8 +212,7 @@ def make_train_step(
             """Before disc_start: what `adversarial` gives there (zero cotangent, zero
             gradients) without running the discriminator; its GAN metrics read 0."""
             zeros = jax.tree.map(jnp.zeros_like, state.disc)
-            logged = dict.fromkeys(("g_loss", "d_weight", "d_loss", "logits_real", "logits_fake"))
-            logged = {k: jnp.zeros((), jnp.float32) for k in logged}
+            logged = {k: jnp.zeros((), jnp.float32) for k in _GAN_METRICS}
             return jnp.zeros_like(g_nll), zeros, state.disc_stats, logged
 
         if run_disc_before_start:
