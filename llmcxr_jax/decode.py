@@ -2,8 +2,9 @@
 
 `prefill` runs the prompt once and returns the last position's logits and a cache; `extend`
 feeds new tokens one step at a time (jitted with the cache donated, so XLA updates it in place).
-`generate` runs prefill and then the whole sampling loop inside one `lax.while_loop`, stopping
-early once every row has emitted one of its stop tokens.
+`generate` runs prefill and then the whole sampling loop inside `lax.while_loop`s, stopping
+early once every row has emitted one of its stop tokens. The cache grows in phases of
+`cache_chunk` slots (one while loop each), so early steps do not read a buffer sized for the last.
 
 Prompts may be left- or right-padded (any contiguous run of real tokens per row, given by
 `prompt_mask`): rows are first left-aligned, so that all rows share one cache write index while
@@ -252,6 +253,39 @@ def extend(
 # --------------------------------------------------------------------------------------------
 
 
+def cache_phases(prompt_len: int, max_new_tokens: int, chunk: int) -> tuple[int, ...]:
+    """Cache lengths of the decoding loop's phases: `chunk` more slots per phase.
+
+    Why: a decoding step reads its whole cache buffer (masked slots included), so a cache sized
+    for the last token makes every early step pay for it. Growing the buffer in phases halves
+    the average read for long generations at the price of one compile of the loop body per
+    phase. `chunk` 0 gives a single phase.
+    """
+    total = prompt_len + max_new_tokens
+    if chunk <= 0:
+        return (total,)
+    return tuple(range(prompt_len + chunk, total, chunk)) + (total,)
+
+
+def grow_cache(cache: KVCache, max_len: int) -> KVCache:
+    """The same cache with room for `max_len` slots (new slots empty)."""
+    extra = max_len - cache.max_len
+    if extra < 0:
+        raise ValueError(f"cannot shrink a cache of {cache.max_len} slots to {max_len}")
+    return dataclasses.replace(
+        cache,
+        k=tuple(
+            sharding.constrain(jnp.pad(k, ((0, 0), (0, 0), (0, extra))), sharding.K_CACHE_AXES)
+            for k in cache.k
+        ),
+        v=tuple(
+            sharding.constrain(jnp.pad(v, ((0, 0), (0, extra), (0, 0))), sharding.V_CACHE_AXES)
+            for v in cache.v
+        ),
+        segment_ids=jnp.pad(cache.segment_ids, ((0, 0), (0, extra))),
+    )
+
+
 def _generate(
     graphdef: nnx.GraphDef,
     state: nnx.State,
@@ -264,14 +298,14 @@ def _generate(
     max_new_tokens: int,
     pad_id: int,
     vocab_range: tuple[int, int] | None = None,
+    cache_chunk: int = 0,
 ) -> GenerateOutput:
     B, P = tokens.shape
     lo = 0 if vocab_range is None else vocab_range[0]
     model = nnx.merge(graphdef, state)
     layers = model.unstack_layers()  # sliced once here, not at every step inside the loop
-    hidden, cache, positions = _prefill_hidden(
-        model, tokens, mask, P + max_new_tokens, pad_id, layers
-    )
+    phases = cache_phases(P, max_new_tokens, cache_chunk)
+    hidden, cache, positions = _prefill_hidden(model, tokens, mask, phases[0], pad_id, layers)
     logits = model.logits(hidden, vocab_range)
 
     def pick(step: Array, logits: Array, done: Array) -> tuple[Array, Array]:
@@ -282,10 +316,6 @@ def _generate(
     first, done = pick(jnp.int32(0), logits, jnp.zeros((B,), bool))
     out = jnp.full((B, max_new_tokens), pad_id, jnp.int32).at[:, 0].set(first)
     lengths = jnp.ones((B,), jnp.int32)
-
-    def cond(carry: tuple[Any, ...]) -> Array:
-        step, _, _, _, _, done, _ = carry
-        return (step < max_new_tokens) & ~jnp.all(done)
 
     def body(carry: tuple[Any, ...]) -> tuple[Any, ...]:
         step, out, last, positions, cache, done, lengths = carry
@@ -298,12 +328,24 @@ def _generate(
         return step + 1, out, tok, positions + 1, cache, new_done, lengths
 
     carry = (jnp.int32(1), out, first, positions, cache, done, lengths)
-    _, out, _, _, _, done, lengths = jax.lax.while_loop(cond, body, carry)
+    for cache_len in phases:
+        # step s feeds token s-1 into slot P+s-1: this phase's buffer holds steps < end
+        end = min(max_new_tokens, cache_len - P + 1)
+
+        def cond(carry: tuple[Any, ...], end: int = end) -> Array:
+            step, _, _, _, _, done, _ = carry
+            return (step < end) & ~jnp.all(done)
+
+        c = carry
+        carry = (*c[:4], grow_cache(c[4], cache_len), *c[5:])
+        carry = jax.lax.while_loop(cond, body, carry)
+    _, out, _, _, _, done, lengths = carry
     return GenerateOutput(tokens=out, lengths=lengths, stopped=done)
 
 
 _generate_jit = jax.jit(
-    _generate, static_argnames=("graphdef", "max_new_tokens", "pad_id", "vocab_range")
+    _generate,
+    static_argnames=("graphdef", "max_new_tokens", "pad_id", "vocab_range", "cache_chunk"),
 )
 
 
@@ -319,6 +361,7 @@ def generate(
     rng: Array | int = 0,
     pad_id: int = 0,
     vocab_range: tuple[int, int] | None = None,
+    cache_chunk: int = 64,
 ) -> GenerateOutput:
     """Generate up to `max_new_tokens` for each prompt row.
 
@@ -326,6 +369,8 @@ def generate(
     stop_tokens one list for all rows or a list per row; token_mask [V] or [B, V] of allowed ids
     (with `vocab_range`, a mask over the range's ids only). `vocab_range=(lo, hi)` restricts
     generation to ids lo..hi-1 and computes only their logits (image-constrained decoding).
+    `cache_chunk` grows the KV cache by that many slots per phase of the loop (`cache_phases`;
+    0: one buffer for the whole generation); the tokens do not depend on it.
     """
     prompt_tokens = jnp.asarray(prompt_tokens, jnp.int32)
     B, P = prompt_tokens.shape
@@ -363,4 +408,5 @@ def generate(
         max_new_tokens=max_new_tokens,
         pad_id=pad_id,
         vocab_range=vocab_range,
+        cache_chunk=max(int(cache_chunk), 0),
     )

@@ -22,7 +22,8 @@ def hf_and_ours(tmp_path_factory):
     return hf, load_hf_model(d, vocab_pad_multiple=128)
 
 
-def test_greedy_32_tokens_equal_transformers_generate(hf_and_ours):
+@pytest.mark.parametrize("cache_chunk", [0, 5])
+def test_greedy_32_tokens_equal_transformers_generate(hf_and_ours, cache_chunk):
     hf, model = hf_and_ours
     prompts = np.random.default_rng(0).integers(1, 211, (3, 11))
     hf.generation_config.eos_token_id = None
@@ -35,7 +36,7 @@ def test_greedy_32_tokens_equal_transformers_generate(hf_and_ours):
             min_new_tokens=32,
             use_cache=True,
         ).numpy()[:, 11:]
-    out = generate(model, prompts, max_new_tokens=32)
+    out = generate(model, prompts, max_new_tokens=32, cache_chunk=cache_chunk)
     np.testing.assert_array_equal(np.asarray(out.tokens), ref)
     assert (np.asarray(out.lengths) == 32).all() and not np.asarray(out.stopped).any()
 
@@ -94,6 +95,50 @@ def test_per_row_stop_tokens(hf_and_ours):
     np.testing.assert_array_equal(tokens[0, : k0 + 1], free[0, : k0 + 1])
     assert (tokens[0, k0 + 1 :] == 0).all() and (tokens[1, k1 + 1 :] == 0).all()
     assert np.asarray(out.stopped).all()
+
+
+def test_cache_phases_by_hand():
+    assert decode.cache_phases(10, 20, 8) == (18, 26, 30)
+    assert decode.cache_phases(10, 16, 8) == (18, 26)
+    assert decode.cache_phases(10, 20, 0) == (30,)
+    assert decode.cache_phases(10, 1, 64) == (11,)
+
+
+def test_growing_the_cache_in_phases_changes_no_token(hf_and_ours):
+    """Phases of 3 and 7 slots against one buffer: greedy and sampled, left-padded prompts,
+    rows stopping in different phases."""
+    _, model = hf_and_ours
+    rng = np.random.default_rng(11)
+    prompts = rng.integers(1, 211, (3, 8))
+    mask = np.ones((3, 8), bool)
+    mask[1, :3] = False
+    free = np.asarray(generate(model, prompts, mask, max_new_tokens=20, cache_chunk=0).tokens)
+    stops = [[int(free[0, 4])], [int(free[1, 13])], [10_000]]
+    for sampler, seed in ((GREEDY, 0), (Sampler(temperature=1.5, top_p=0.9), 4)):
+        runs = [
+            generate(
+                model,
+                prompts,
+                mask,
+                max_new_tokens=20,
+                sampler=sampler,
+                stop_tokens=stops,
+                rng=seed,
+                cache_chunk=chunk,
+            )
+            for chunk in (0, 3, 7)
+        ]
+        for run in runs[1:]:
+            np.testing.assert_array_equal(np.asarray(run.tokens), np.asarray(runs[0].tokens))
+            np.testing.assert_array_equal(np.asarray(run.lengths), np.asarray(runs[0].lengths))
+            np.testing.assert_array_equal(np.asarray(run.stopped), np.asarray(runs[0].stopped))
+        if sampler is GREEDY:  # rows 0 and 1 stop in the first and a later phase of 3 slots
+            expect = [list(free[0]).index(stops[0][0]) + 1, list(free[1]).index(stops[1][0]) + 1]
+            assert list(np.asarray(runs[0].lengths)) == [*expect, 20]
+            assert list(np.asarray(runs[0].stopped)) == [True, True, False]
+    _, cache, _ = decode.prefill(model, prompts, cache_len=10)
+    with pytest.raises(ValueError, match="cannot shrink a cache of 10 slots to 9"):
+        decode.grow_cache(cache, 9)
 
 
 def test_token_mask_restricts_every_token(hf_and_ours):

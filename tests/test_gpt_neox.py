@@ -12,6 +12,7 @@ from llmcxr_jax.convert.hf_gpt_neox import load_hf_model
 from llmcxr_jax.models.gpt_neox import (
     GPTNeoX,
     GPTNeoXConfig,
+    _project,
     abstract_model,
     count_params,
     get_preset,
@@ -151,3 +152,19 @@ def test_invalid_config_is_rejected():
         GPTNeoXConfig(vocab_size=5, hidden_size=10, num_layers=1, num_heads=3, intermediate_size=4)
     with pytest.raises(ValueError, match="hidden_act"):
         get_preset("tiny", hidden_act="swishy")
+
+
+@pytest.mark.parametrize("rows", [1, 16, 64, 65, 200])
+def test_skinny_projection_equals_the_plain_product(rows):
+    """`_project` (the transposed product of decoding at <= 64 rows) against float64 numpy,
+    values and gradients."""
+    rng = np.random.default_rng(rows)
+    x = rng.standard_normal((rows, 1, 24)).astype(np.float32)
+    w = rng.standard_normal((40, 24)).astype(np.float32)
+    out = jax.jit(_project)(x, w)
+    assert out.shape == (rows, 1, 40)
+    np.testing.assert_allclose(out, x.astype(np.float64) @ w.T.astype(np.float64), atol=1e-4)
+    g = rng.standard_normal((rows, 1, 40)).astype(np.float32)
+    gx, gw = jax.grad(lambda x, w: (_project(x, w) * g).sum(), argnums=(0, 1))(x, w)
+    np.testing.assert_allclose(gx, g.astype(np.float64) @ w, atol=1e-4)
+    np.testing.assert_allclose(gw, g.reshape(rows, 40).T @ x.reshape(rows, 24), atol=1e-3)
