@@ -455,8 +455,9 @@ def _project(x: Array, w: Array, **kw: Any) -> Array:
     hidden 512: the 51k-column output projection at 16 rows 26 -> 16 ms, the six layers'
     projections 16 -> 10.5 ms; at 1 row the same, above 64 rows slower). The barrier stops
     layout assignment from turning the product back into the slow form to make the small
-    transpose free. Only one-token-per-row inputs (decoding steps) take it; training, prefill,
-    other backends and wider inputs take the plain einsum.
+    transpose free. Only one-token-per-row inputs take it (decoding steps and the prompt's last
+    logits); training rows, the prompt's layers, other backends and wider inputs take the plain
+    einsum.
     """
     rows = math.prod(x.shape[:-1])
     one_token_per_row = x.ndim == 2 or x.shape[-2] == 1  # a decoding step, not a training row
