@@ -9,7 +9,7 @@ TEST_ENV := XLA_FLAGS="--xla_force_host_platform_device_count=8" JAX_PLATFORMS=c
 PYTEST_WORKERS ?= 2
 PYTEST_ARGS ?=
 
-.PHONY: install test demo lint bench-decode bench-generate bench-vqgan bench-pipeline bench-train-step clean
+.PHONY: install test demo lint bench-decode bench-generate bench-vqgan bench-vqgan-train bench-pipeline bench-train-step clean
 
 $(STAMP): setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,9 @@ bench-generate: $(STAMP)
 
 bench-vqgan: $(STAMP)
 	JAX_PLATFORMS=cpu $(PY) benchmarks/vqgan.py
+
+bench-vqgan-train: $(STAMP)
+	JAX_PLATFORMS=cpu $(PY) benchmarks/vqgan_train.py
 
 bench-pipeline: $(STAMP)
 	JAX_PLATFORMS=cpu $(PY) benchmarks/pipeline.py

@@ -34,6 +34,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
             "num_heads": 4,
             "intermediate_size": 512,
             "rotary_pct": 1.0,
+            "attention_block": 64,  # skip the attention blocks above the causal diagonal
         }
     )
     c.tokenizer.path = ""

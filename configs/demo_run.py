@@ -16,6 +16,10 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.validate_size = 48
     c.test_size = 96
     c.seed = 0
+    # data-parallel devices for the VQ-GAN and its classifier (0: every local device, at most
+    # 8, that divides the batch; `llmcxr-jax demo` makes one CPU device per core: the
+    # convolutions then use every core, about 2x on 2 cores)
+    c.devices = 0
 
     # step            config file           --config overrides
     c.vqgan_config = "vqgan_demo.py"
@@ -51,4 +55,5 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
         c.eval.num_reports = 2
         c.eval.vqa_questions = 1
         c.eval.batch_size = 8
+        c.devices = 2
     return c

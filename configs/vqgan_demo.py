@@ -21,6 +21,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.data.source = "synthetic:2048"
     c.data.batch_size = 16
     c.data.num_threads = 2
+    c.data.cache_in_memory = True  # render each phantom once for the classifier and the VQ-GAN
     c.loss.perceptual_weight = 0.0
     c.loss.disc_start = 300
     c.loss.disc_ndf = 32

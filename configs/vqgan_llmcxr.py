@@ -29,6 +29,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.data.seed = 0
     c.data.num_threads = 16
     c.data.allow_upscale = False
+    c.data.cache_in_memory = False  # keep served images in memory (small data sets only)
 
     c.loss = ml_collections.ConfigDict()
     c.loss.l1_weight = 1.0

@@ -118,18 +118,26 @@ def _train(args: argparse.Namespace) -> None:
     print(f"train: {args.workdir}: {shown}")
 
 
+def request_host_devices(n: int, *, keep_users: bool = False) -> None:
+    """Ask XLA for `n` CPU devices; only takes effect before JAX starts (else a no-op).
+
+    With `keep_users`, a device count already in the user's XLA_FLAGS wins."""
+    import os
+
+    user_set = "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")
+    if "jax" not in sys.modules and not (keep_users and user_set):
+        os.environ["XLA_FLAGS"] = (
+            os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={n}"
+        ).strip()
+
+
 def _plan(args: argparse.Namespace) -> None:
     import math
-    import os
 
     meshes = [tuple(int(x) for x in m.split(",")) for m in (args.mesh or [])]
     ladder = [(1, c, 1) for c in (1, 2, 4, 8)]  # FSDP over 1..8 chips: where does it start to fit?
     meshes = list(dict.fromkeys(meshes + ladder))
-    need = max(math.prod(m) for m in meshes)
-    if "jax" not in sys.modules:  # fake devices must be requested before JAX starts
-        os.environ["XLA_FLAGS"] = (
-            os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={need}"
-        ).strip()
+    request_host_devices(max(math.prod(m) for m in meshes))
     from llmcxr_jax import configs
     from llmcxr_jax.train import plan
 
@@ -308,6 +316,11 @@ def _jsonable(x: Any) -> Any:
 
 
 def _demo(args: argparse.Namespace) -> None:
+    import os
+
+    # One CPU device per core: the convolutional steps then run data parallel over the cores
+    # (XLA's CPU client keeps most of one program's convolution work on one thread).
+    request_host_devices(min(len(os.sched_getaffinity(0)), 8), keep_users=True)
     from llmcxr_jax import demo
 
     config = demo._config(args.config, *args.overrides)

@@ -20,7 +20,7 @@ from typing import Any
 
 import ml_collections
 
-from llmcxr_jax import checkpoint
+from llmcxr_jax import checkpoint, sharding
 from llmcxr_jax.configs import load
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
@@ -34,6 +34,17 @@ def _config(name: str, *overrides: str) -> ml_collections.ConfigDict:
 
 def _banner(text: str) -> None:
     print(f"\n== {text}", flush=True)
+
+
+def data_parallel_width(batch_sizes: list[int], wanted: int = 0) -> int:
+    """Devices for the convolutional steps: `wanted`, or (0) the most local devices (at most 8)
+    that divide every batch. `llmcxr-jax demo` asks for one CPU device per core."""
+    import jax
+
+    n = min(wanted or 8, jax.local_device_count())
+    while n > 1 and any(b % n for b in batch_sizes):
+        n -= 1
+    return max(n, 1)
 
 
 def run(
@@ -78,15 +89,22 @@ def run(
 
         return _Timer()
 
+    vq_cfg = _config(
+        c.vqgan_config,
+        f"--config.data.source=phantoms:{len(ranges['train'])}",
+        f"--config.seed={c.seed}",
+        *c.vqgan_overrides,
+    )
+    # the convolutional steps (VQ-GAN, classifier, encoding) run data parallel over the cores
+    encode_batch = 16
+    width = data_parallel_width(
+        [vq_cfg.data.batch_size, vq_cfg.classifier.batch_size, encode_batch], c.get("devices", 0)
+    )
+    vq_cfg.mesh = (width, 1, 1)
     vq_dir = out / "vqgan"
     with step("1/6 VQ-GAN (clinical-information-preserving loss on)"):
         if not (vq_dir / "model" / checkpoint.CONFIG_FILE).exists():
-            vq_cfg = _config(
-                c.vqgan_config,
-                f"--config.data.source=phantoms:{len(ranges['train'])}",
-                f"--config.seed={c.seed}",
-                *c.vqgan_overrides,
-            )
+            print(f"VQ-GAN and classifier data parallel over {width} device(s)", flush=True)
             train_vqgan.train(vq_cfg, vq_dir, progress=progress)
     vq = checkpoint.load_model(vq_dir / "model", expect="vqgan")
     num_codes = vq.config.latent_size**2
@@ -96,7 +114,9 @@ def run(
             vq,
             make_source(f"phantoms:{n_films}", vq.config.resolution),
             out / "codes",
+            batch_size=encode_batch,
             progress=progress,
+            mesh=sharding.make_mesh((width, 1, 1)),
         )
 
     data_dir = out / "tfds"

@@ -91,6 +91,27 @@ def test_demo_outputs(demo_run):
     )
 
 
+def test_demo_runs_the_convolutional_steps_data_parallel(demo_run):
+    out, config, _ = demo_run
+    saved = json.loads((out / "vqgan" / "config.json").read_text())
+    assert config.devices == 2 and tuple(saved["mesh"]) == (2, 1, 1)
+    assert saved["data"]["cache_in_memory"] is True
+
+
+def test_data_parallel_width_divides_every_batch():
+    import jax
+
+    n = jax.local_device_count()  # 8 fake CPU devices in the test suite
+    assert demo.data_parallel_width([16, 16]) == min(n, 8)
+    assert demo.data_parallel_width([16, 12]) == 4
+    assert demo.data_parallel_width([16, 6]) == 2
+    assert demo.data_parallel_width([15]) == 5
+    assert demo.data_parallel_width([7]) == 7
+    assert demo.data_parallel_width([16], wanted=3) == 2
+    assert demo.data_parallel_width([16], wanted=64) == min(n, 8)
+    assert demo.data_parallel_width([9], wanted=2) == 1
+
+
 def test_demo_rerun_skips_training_and_repeats_results(demo_run):
     out, config, _ = demo_run
     before = (out / "eval" / "results.json").read_text()

@@ -2,14 +2,15 @@
 
 import json
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
-from llmcxr_jax import checkpoint, cli
+from llmcxr_jax import checkpoint, cli, sharding
 from llmcxr_jax.data import encode
-from llmcxr_jax.data.image_sources import FolderSource, SyntheticSource
+from llmcxr_jax.data.image_sources import CachedSource, FolderSource, SyntheticSource
 from llmcxr_jax.models.vqgan import VQGAN, get_preset
 
 
@@ -47,6 +48,42 @@ def test_interrupted_and_restarted_equals_one_run(model, tmp_path):
     assert [i for i, _ in got] == [i for i, _ in ref]  # none missing, none doubled, same order
     for (_, a), (_, b) in zip(got, ref, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_data_parallel_encoding_equals_one_device(model, tmp_path):
+    src = SyntheticSource(21, 32)  # the last batch is partly padding
+    encode.encode_dataset(model, src, tmp_path / "one", batch_size=4, progress=False)
+    mesh = sharding.make_mesh((4, 1, 1))
+    graphdef, state = nnx.split(model)  # a loaded model's weights are committed to one device
+    committed = nnx.merge(graphdef, jax.device_put(state, jax.devices()[0]))
+    encode.encode_dataset(
+        committed, src, tmp_path / "four", batch_size=4, progress=False, mesh=mesh
+    )
+    one, four = _all(tmp_path / "one"), _all(tmp_path / "four")
+    assert [i for i, _ in four] == [i for i, _ in one] and len(one) == 21
+    for (_, a), (_, b) in zip(one, four, strict=True):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="does not divide over 4 devices"):
+        encode.encode_dataset(model, src, tmp_path / "bad", batch_size=6, mesh=mesh)
+
+
+def test_cached_source_renders_each_record_once():
+    class Counting(SyntheticSource):
+        calls = 0
+
+        def __getitem__(self, i):
+            Counting.calls += 1
+            return super().__getitem__(i)
+
+    src = Counting(5, 16, num_labels=2)
+    cached = CachedSource(src)
+    assert len(cached) == 5 and cached.num_labels == 2
+    first = [cached[i] for i in (0, 3, 0, 3, 4)]
+    assert Counting.calls == 3
+    np.testing.assert_array_equal(
+        first[0]["image"], SyntheticSource(5, 16, num_labels=2)[0]["image"]
+    )
+    assert first[2] is first[0]
 
 
 def test_hosts_split_the_shards(model, tmp_path):

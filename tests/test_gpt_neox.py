@@ -78,6 +78,47 @@ def test_packed_row_equals_segments_run_separately(tmp_path):
     assert np.isfinite(np.asarray(packed)).all()  # padding rows attend to nothing, yet no NaN
 
 
+@pytest.mark.parametrize("block", [5, 8, 36])
+def test_attention_blocks_match_transformers(tmp_path, block):
+    # query blocks that skip the keys after them: 37 tokens in blocks of 5 (a ragged last
+    # block), 8, and 36 (one full block and one of a single row)
+    hf = tiny_hf_model()
+    model = _to_jax(hf, tmp_path)
+    model.config = model.config.replace(attention_block=block)
+    tokens = np.random.default_rng(1).integers(0, 211, (3, 37))
+    ours, _ = model(jnp.asarray(tokens))
+    np.testing.assert_allclose(np.asarray(ours)[..., :211], _hf_logits(hf, tokens), atol=1e-4)
+
+
+def test_attention_blocks_give_the_same_packed_logits_and_gradients(tmp_path):
+    base = _to_jax(tiny_hf_model(), tmp_path)
+    rng = np.random.default_rng(5)
+    seg = np.array([[1] * 9 + [2] * 13 + [0] * 6, [1] * 20 + [0] * 8])  # padding at the end
+    pos = np.concatenate([np.arange(9), np.arange(13), np.zeros(6)]), np.r_[np.arange(20), [0] * 8]
+    tokens = jnp.asarray(rng.integers(0, 211, seg.shape))
+    pos, seg = jnp.asarray(np.stack(pos), jnp.int32), jnp.asarray(seg, jnp.int32)
+    targets = jnp.asarray(rng.integers(0, 211, seg.shape))
+
+    def loss(params, graphdef):
+        logits, _ = nnx.merge(graphdef, params)(tokens, pos, seg)
+        ce = -jnp.take_along_axis(jax.nn.log_softmax(logits), targets[..., None], -1)[..., 0]
+        return jnp.sum(ce * (seg > 0)), logits
+
+    results = []
+    for block in (0, 4, 7):
+        model = nnx.merge(*nnx.split(base))
+        model.config = base.config.replace(attention_block=block)
+        graphdef, params = nnx.split(model)
+        (value, logits), grads = jax.value_and_grad(loss, has_aux=True)(params, graphdef)
+        results.append((value, np.asarray(logits)[np.asarray(seg) > 0], grads))
+    (v0, l0, g0), *others = results
+    for v, logits, g in others:
+        np.testing.assert_allclose(v, v0, rtol=1e-5)
+        np.testing.assert_allclose(logits, l0, atol=1e-5)
+        for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g0), strict=True):
+            np.testing.assert_allclose(a, b, atol=1e-5)
+
+
 def test_bf16_compute_keeps_fp32_params_and_stays_close(tmp_path):
     hf = tiny_hf_model()
     model = _to_jax(hf, tmp_path)

@@ -25,6 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from array_record.python.array_record_module import ArrayRecordReader, ArrayRecordWriter
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
 from llmcxr_jax.models.vqgan import VQGAN
@@ -71,10 +73,12 @@ def encode_dataset(
     process_count: int | None = None,
     max_shards: int | None = None,
     progress: bool = True,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> EncodeReport:
     """Encode `source` (len / [i] records with `id` and `image` or `error`) into `out_dir`.
 
-    `max_shards` stops after writing that many shards (for tests of resumption).
+    `max_shards` stops after writing that many shards (for tests of resumption). With `mesh`,
+    each batch is split over its devices (data parallel; `batch_size` must divide).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -92,6 +96,16 @@ def encode_dataset(
     }
     _check_manifest(out, manifest)
     encode = jax.jit(lambda m, x: m.encode(x))
+    place: Any = jnp.asarray
+    if mesh is not None and mesh.size > 1:
+        if batch_size % mesh.size:
+            raise ValueError(f"batch_size {batch_size} does not divide over {mesh.size} devices")
+        from llmcxr_jax import sharding
+
+        batch_sharding = sharding.logical_sharding(mesh, ("activation_batch",))
+        place = lambda x: jax.device_put(x, batch_sharding)  # noqa: E731
+        graphdef, state = nnx.split(model)  # the weights replicated on every device
+        model = nnx.merge(graphdef, jax.device_put(state, NamedSharding(mesh, PartitionSpec())))
     res = model.config.resolution
     report = EncodeReport()
     mine = [s for s in range(num_shards) if s % pc == pi]
@@ -123,7 +137,7 @@ def encode_dataset(
             if good:
                 x = np.zeros((batch_size, res, res, 3), np.float32)  # fixed shape: one compile
                 x[: len(good)] = np.stack([r["image"] for r in good])
-                codes = np.asarray(encode(model, jnp.asarray(x)))[: len(good)]
+                codes = np.asarray(encode(model, place(x)))[: len(good)]
                 records += [
                     json.dumps({"id": r["id"], "codes": c.tolist()}).encode()
                     for r, c in zip(good, codes, strict=True)

@@ -86,6 +86,25 @@ class SyntheticSource:
         }
 
 
+class CachedSource:
+    """Keeps every record it has served (in memory): a second epoch reads instead of decoding or
+    rendering again. For small data sets (the demo's 2,400 phantoms at 64x64 are 118 MB)."""
+
+    def __init__(self, source: Any):
+        self.source = source
+        self.num_labels = getattr(source, "num_labels", 0)
+        self._records: dict[int, dict[str, Any]] = {}
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        record = self._records.get(i)
+        if record is None:
+            record = self._records[i] = self.source[i]
+        return record
+
+
 def make_source(spec: str, resolution: int, **kwargs: Any):
     """A source from a short spec: `folder:/path`, `synthetic:N` (N images)."""
     kind, _, arg = spec.partition(":")

@@ -43,16 +43,36 @@ def make_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, image_si
 
 
 def train(
-    c: ml_collections.ConfigDict, source: Any, *, seed: int = 0, progress: bool = True
+    c: ml_collections.ConfigDict,
+    source: Any,
+    *,
+    seed: int = 0,
+    progress: bool = True,
+    mesh_shape: tuple[int, ...] = (1, 1, 1),
 ) -> densenet.DenseNet:
-    """A DenseNet trained for `c.train_steps` steps on `source`'s images and labels."""
+    """A DenseNet trained for `c.train_steps` steps on `source`'s images and labels.
+
+    Data parallel over a mesh of `mesh_shape` (the VQ-GAN run's): the batch is sharded, the
+    state replicated, BatchNorm sees the global batch."""
     cfg = densenet.get_preset(c.preset, num_classes=source.num_labels, in_channels=1)
     model = densenet.DenseNet(cfg, rngs=nnx.Rngs(seed))
     graphdef, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
     tx = optax.adam(c.lr)
+    mesh = sharding.make_mesh(tuple(mesh_shape))
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    params, stats = jax.device_put((params, stats), replicated)
     opt = tx.init(params)
-    step = jax.jit(make_step(graphdef, tx, cfg.image_size), donate_argnums=(0, 1, 2))
-    mesh = sharding.make_mesh(tuple(c.get("mesh", (1, 1, 1))))
+    step = jax.jit(
+        make_step(graphdef, tx, cfg.image_size),
+        in_shardings=(
+            replicated,
+            replicated,
+            replicated,
+            sharding.logical_sharding(mesh, ("activation_batch",)),
+        ),
+        out_shardings=replicated,
+        donate_argnums=(0, 1, 2),
+    )
     data = ml_collections.ConfigDict(
         {"batch_size": c.batch_size, "seed": seed, "num_threads": c.get("num_threads", 4)}
     )
@@ -62,4 +82,4 @@ def train(
     for _ in bar:
         params, stats, opt, metrics = step(params, stats, opt, batches.next())
         bar.set_postfix(loss=f"{float(metrics['loss']):.3f}", acc=f"{float(metrics['acc']):.2f}")
-    return nnx.merge(graphdef, params, stats)
+    return nnx.merge(graphdef, *jax.device_get((params, stats)))

@@ -24,7 +24,8 @@ def image_source(data: ml_collections.ConfigDict, resolution: int) -> Any:
     kwargs = {}
     if data.source.startswith("folder:"):
         kwargs["allow_upscale"] = bool(data.get("allow_upscale", False))
-    return image_sources.make_source(data.source, resolution, **kwargs)
+    source = image_sources.make_source(data.source, resolution, **kwargs)
+    return image_sources.CachedSource(source) if data.get("cache_in_memory") else source
 
 
 class ImageBatches:

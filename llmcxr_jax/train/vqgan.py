@@ -358,7 +358,9 @@ def load_classifier(
         f"{source.num_labels} labels ({c.train_steps} steps)",
         flush=True,
     )
-    model = train_classifier.train(c, source, seed=config.seed, progress=progress)
+    model = train_classifier.train(
+        c, source, seed=config.seed, progress=progress, mesh_shape=tuple(config.mesh)
+    )
     checkpoint.save_model(out, model, overwrite=True)
     return model
 
