@@ -98,6 +98,28 @@ def test_demo_runs_the_convolutional_steps_data_parallel(demo_run):
     assert saved["data"]["cache_in_memory"] is True
 
 
+@pytest.mark.parametrize(
+    "user_flags, keep_users, want", [("", True, 3), ("5", True, 5), ("5", False, 3)]
+)
+def test_cli_requests_host_devices_before_jax_starts(user_flags, keep_users, want):
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env["JAX_PLATFORMS"] = "cpu"
+    if user_flags:
+        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={user_flags}"
+    code = (
+        "from llmcxr_jax import cli\n"
+        f"cli.request_host_devices(3, keep_users={keep_users})\n"
+        "import jax\n"
+        "print(jax.local_device_count())"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip().splitlines()[-1] == str(want)
+
+
 def test_data_parallel_width_divides_every_batch():
     import jax
 

@@ -193,6 +193,8 @@ def test_invalid_config_is_rejected():
         GPTNeoXConfig(vocab_size=5, hidden_size=10, num_layers=1, num_heads=3, intermediate_size=4)
     with pytest.raises(ValueError, match="hidden_act"):
         get_preset("tiny", hidden_act="swishy")
+    with pytest.raises(ValueError, match="attention_block -1"):
+        get_preset("tiny", attention_block=-1)
 
 
 @pytest.mark.parametrize("rows", [1, 16, 64, 65, 200])

@@ -108,6 +108,8 @@ class GPTNeoXConfig:
                 f"unknown remat_policy {self.remat_policy!r}; "
                 f"known: none, {', '.join(_REMAT_POLICIES)}"
             )
+        if self.attention_block < 0:
+            raise ValueError(f"attention_block {self.attention_block} must be >= 0 (0: one block)")
         if self.rotary_dim % 2:
             raise ValueError(f"rotary dims {self.rotary_dim} must be even")
 
@@ -539,7 +541,8 @@ def _attention(cfg: GPTNeoXConfig, q: Array, k: Array, v: Array, mask: Array) ->
     """Attention without a cache: q/k/v [B,H,T,hd], `mask` [B,1,T,T] causal in slot order.
 
     With `cfg.attention_block` the query blocks skip the keys after their last row: those are
-    masked for every query of the block, so the result is the same."""
+    masked for every query of the block, so the result is the same (except in rows that may see
+    no key at all, padding, which average fewer values: nothing reads them)."""
     T, C = q.shape[2], cfg.attention_block
     if not C or T <= C:
         return _softmax_attention(cfg, q, k, v, mask)
