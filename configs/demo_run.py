@@ -16,8 +16,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.validate_size = 48
     c.test_size = 96
     c.seed = 0
-    # data-parallel devices for the VQ-GAN and its classifier (0: every local device, at most
-    # 8, that divides the batch; `llmcxr-jax demo` makes one CPU device per core: the
+    # data-parallel devices for the VQ-GAN, its classifier and encoding (0: every local device,
+    # at most 8, that divides the batches; `llmcxr-jax demo` makes one CPU device per core: the
     # convolutions then use every core, about 2x on 2 cores)
     c.devices = 0
 

@@ -29,6 +29,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
+from llmcxr_jax import sharding
 from llmcxr_jax.models.vqgan import VQGAN
 
 MANIFEST = "manifest.json"
@@ -100,8 +101,6 @@ def encode_dataset(
     if mesh is not None and mesh.size > 1:
         if batch_size % mesh.size:
             raise ValueError(f"batch_size {batch_size} does not divide over {mesh.size} devices")
-        from llmcxr_jax import sharding
-
         batch_sharding = sharding.logical_sharding(mesh, ("activation_batch",))
         place = lambda x: jax.device_put(x, batch_sharding)  # noqa: E731
         graphdef, state = nnx.split(model)  # the weights replicated on every device
