@@ -10,12 +10,17 @@ machine's CPU. One step = forward, mean token cross-entropy, backward, global-no
 - PyTorch: `GPTNeoXForCausalLM(input_ids, labels=input_ids)` (shifts inside), `backward`,
   `clip_grad_norm_`, `torch.optim.AdamW(foreach=True)`.
 
+With `--loss-fraction F` only the last F of each row's positions carry a target (as the
+response-only loss does; PyTorch gets -100 labels elsewhere) and ours is also timed with
+`max_loss_fraction=F`: logits and cross-entropy at the loss positions only.
+
 Both losses of the first step are printed: they must agree (same weights, same tokens).
 FLOPs per token are counted once for both (6 x matmul parameters + 12 L D T for attention;
 the input embedding is a lookup), and set against this CPU's fp32 matmul peak measured in the
 same run (the best of torch and XLA on a 2048^3 matmul).
 
     python benchmarks/train_step.py [--batch 4] [--seq 512] [--reps 5] [--layers 6]
+        [--attention-block 64] [--loss-fraction 0.3]
 """
 
 from __future__ import annotations
@@ -77,8 +82,17 @@ def main() -> None:
         default=0,
         help="also time ours with query blocks of this many rows (causal blocks skipped)",
     )
+    ap.add_argument(
+        "--loss-fraction",
+        type=float,
+        default=1.0,
+        help="targets on the last this fraction of each row; <1 also times logits there only",
+    )
     args = ap.parse_args()
     b, t = args.batch, args.seq
+    if not 0.0 < args.loss_fraction <= 1.0:
+        raise SystemExit(f"--loss-fraction {args.loss_fraction} must be in (0, 1]")
+    first_target = t - max(1, round(args.loss_fraction * t))  # positions before it: no target
 
     hf_cfg = bench_gpt_neox_config(args.layers, vocab_size=51305)
     torch.manual_seed(0)
@@ -95,10 +109,12 @@ def main() -> None:
         hf.parameters(), lr=5e-6, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, foreach=True
     )
     pt_tokens = torch.tensor(tokens, dtype=torch.long)
+    pt_labels = pt_tokens.clone()
+    pt_labels[:, : first_target + 1] = -100  # label j is the target of position j - 1
 
     def torch_step() -> float:
         opt.zero_grad(set_to_none=True)
-        loss = hf(input_ids=pt_tokens, labels=pt_tokens).loss
+        loss = hf(input_ids=pt_tokens, labels=pt_labels).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(hf.parameters(), 1.0)
         opt.step()
@@ -108,6 +124,7 @@ def main() -> None:
     tx = optim.optimizer(OPTIM)
     mask = np.ones((b, t), np.float32)
     mask[:, -1] = 0.0  # the last position has no next token
+    mask[:, :first_target] = 0.0
     batch = {
         "tokens": jnp.asarray(tokens),
         "targets": jnp.asarray(np.concatenate([tokens[:, 1:], tokens[:, :1]], axis=1)),
@@ -117,12 +134,15 @@ def main() -> None:
     }
     rng = jax.random.key(0)
 
-    def jax_stepper(attention_block: int):
+    def jax_stepper(attention_block: int, max_loss_fraction: float = 0.0):
         variant = nnx.merge(*nnx.split(model))
         variant.config = cfg.replace(attention_block=attention_block)
         graphdef, params = nnx.split(variant, nnx.Param)
         step = jax.jit(
-            lm_step.make_train_step(graphdef, tx, lm_step.LossConfig()), donate_argnums=(0,)
+            lm_step.make_train_step(
+                graphdef, tx, lm_step.LossConfig(max_loss_fraction=max_loss_fraction)
+            ),
+            donate_argnums=(0,),
         )
         holder = {"state": lm_step.init_state(jax.tree.map(jnp.copy, params), tx)}
 
@@ -138,6 +158,13 @@ def main() -> None:
             (
                 f"JAX (ours), attention blocks of {args.attention_block}",
                 jax_stepper(args.attention_block),
+            )
+        )
+    if args.loss_fraction < 1.0:
+        ours.append(
+            (
+                f"JAX (ours), logits at the loss positions only ({args.loss_fraction:.0%})",
+                jax_stepper(args.attention_block, args.loss_fraction),
             )
         )
     loss_pt = torch_step()  # first steps: same weights, so the same loss

@@ -68,7 +68,10 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.optim.weight_decay = 0.0
     c.optim.clip = 1.0
 
-    c.loss = ml_collections.ConfigDict({"z_loss": 0.0, "micro_batches": 1})
+    # max_loss_fraction > 0: logits only at loss-masked positions (train/lm_step.py)
+    c.loss = ml_collections.ConfigDict(
+        {"z_loss": 0.0, "micro_batches": 1, "max_loss_fraction": 0.0}
+    )
     c.mesh = (1, -1, 1)  # (data, fsdp, tensor): FSDP over every chip
     c.epochs = 5
     c.steps = 0  # 0: derived from epochs

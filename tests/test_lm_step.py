@@ -113,3 +113,50 @@ def test_deepspeed_log_warmup_by_hand():
         s(100), 1e-7 + 0.5 * (5e-6 - 1e-7) * (1 + np.cos(np.pi * 0.5)), rtol=1e-5
     )
     np.testing.assert_allclose(s(1000), 1e-7, rtol=1e-6)
+
+
+def _step_outputs(graphdef, params, batch, cfg):
+    tx = optax.sgd(1.0)  # linear in the gradient: compares the gradients themselves
+    step = jax.jit(lm_step.make_train_step(graphdef, tx, cfg))
+    return step(lm_step.init_state(params, tx), batch, jax.random.key(0))
+
+
+@pytest.mark.parametrize("micro_batches", [1, 2])
+def test_gathered_loss_positions_give_the_full_step(setup, micro_batches):
+    graphdef, params = setup
+    batch = _batch(b=4)
+    frac = float(np.asarray(batch["loss_mask"]).mean())
+    ref_state, ref = _step_outputs(graphdef, params, batch, lm_step.LossConfig(z_loss=1e-3))
+    # a buffer that holds every target (gathered path), and one too small (the full path)
+    for f, overflow in ((min(1.0, frac + 0.15), 0.0), (frac / 2, float(micro_batches))):
+        cfg = lm_step.LossConfig(z_loss=1e-3, micro_batches=micro_batches, max_loss_fraction=f)
+        state, m = _step_outputs(graphdef, params, batch, cfg)
+        assert float(m["loss_overflow"]) == overflow
+        for k in ("loss", "ce", "accuracy", "tokens"):
+            np.testing.assert_allclose(m[k], ref[k], rtol=1e-5, err_msg=k)
+        for a, b in zip(
+            jax.tree.leaves(state.params), jax.tree.leaves(ref_state.params), strict=True
+        ):
+            np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_gathered_slots_beyond_the_count_carry_no_weight(setup):
+    graphdef, params = setup
+    batch = dict(_batch(b=2))
+    mask = np.zeros((2, 24), np.int32)
+    mask[1, 5] = 1  # one target: every other slot repeats position 0, whose target is unmasked
+    batch["loss_mask"] = jnp.asarray(mask)
+    full, aux_full = lm_step.loss_sums(graphdef, params, batch, 0.0)
+    total, aux = lm_step.loss_sums(graphdef, params, batch, 0.0, max_loss_fraction=0.25)
+    assert float(aux["loss_overflow"]) == 0.0 and float(aux["tokens"]) == 1.0
+    np.testing.assert_allclose(total, full, rtol=1e-6)
+
+
+def test_loss_config_from_a_run_config_and_bad_values():
+    c = ml_collections.ConfigDict({"z_loss": 1e-4, "micro_batches": 2, "max_loss_fraction": 0.3})
+    assert lm_step.LossConfig.from_config(c) == lm_step.LossConfig(1e-4, 2, 0.3)
+    assert lm_step.LossConfig.from_config(ml_collections.ConfigDict({})) == lm_step.LossConfig()
+    with pytest.raises(ValueError, match="max_loss_fraction"):
+        lm_step.LossConfig(max_loss_fraction=1.5)
+    with pytest.raises(ValueError, match="micro_batches"):
+        lm_step.LossConfig(micro_batches=0)

@@ -282,9 +282,7 @@ def train(
     state = jax.device_put(state, state_sh)
     rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     batch_sh = sharding.logical_sharding(mesh, ("activation_batch", None))
-    loss_cfg = lm_step.LossConfig(
-        z_loss=config.loss.z_loss, micro_batches=config.loss.micro_batches
-    )
+    loss_cfg = lm_step.LossConfig.from_config(config.loss)
     step_fn = jax.jit(
         lm_step.make_train_step(graphdef, tx, loss_cfg),
         in_shardings=(state_sh, batch_sh, rep),

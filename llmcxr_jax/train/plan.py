@@ -102,9 +102,7 @@ def plan(config: ml_collections.ConfigDict, mesh_shape: tuple[int, int, int]) ->
         for k in ("tokens", "targets", "loss_mask", "segment_ids", "positions")
     }
     rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    loss_cfg = lm_step.LossConfig(
-        z_loss=config.loss.z_loss, micro_batches=config.loss.micro_batches
-    )
+    loss_cfg = lm_step.LossConfig.from_config(config.loss)
     step = jax.jit(
         lm_step.make_train_step(graphdef, tx, loss_cfg),
         in_shardings=(state_sh, batch_sh, rep),
