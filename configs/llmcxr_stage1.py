@@ -26,6 +26,10 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
         {"dtype": "bfloat16", "scan_layers": True, "remat_policy": "full"}
     )
     c.init = ml_collections.ConfigDict({"checkpoint": "", "params_from": ""})
+    # "codebook": image-code rows of embed_in from init.vqgan's codebook (a fixed projection,
+    # image_embeddings.py) instead of random; "codebook_both": embed_out's too; "": random
+    c.init.image_embeddings = ""
+    c.init.vqgan = ""  # the VQ-GAN model checkpoint (train-vqgan's workdir/model)
 
     c.tokenizer = ml_collections.ConfigDict()
     c.tokenizer.path = ""  # dolly's tokenizer dir (tokenizer.json); "" trains a BPE
@@ -75,6 +79,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.mesh = (1, -1, 1)  # (data, fsdp, tensor): FSDP over every chip
     c.epochs = 5
     c.steps = 0  # 0: derived from epochs
+    c.time_budget_s = 0.0  # > 0: steps set by the step time measured at the start (train/lm.py)
     c.log_every = 10
     c.eval_every = 1000
     c.eval_batches = 20

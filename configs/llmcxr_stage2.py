@@ -17,4 +17,5 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.data.stage = 2
     c.init.checkpoint = ""
     c.init.params_from = ""  # the stage-1 workdir (its model/) or a model checkpoint
+    c.init.image_embeddings = ""  # not applied with params_from: stage 1 trained the rows
     return c

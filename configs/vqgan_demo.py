@@ -2,7 +2,9 @@
 
 The LLM-CXR recipe (configs/vqgan_llmcxr.py) with a small model, synthetic data and a classifier
 trained on the data set's labels for the clinical loss. No weights needed: the perceptual loss
-is off unless LPIPS weights are given.
+is off unless LPIPS weights are given. The `demo-f8` model is grey (one input and output
+channel; its discriminator too): it takes the channel mean of the RGB-replicated films and
+decodes [H, W, 1]. (LLM-CXR's `llmcxr-f16` stays RGB, for its released weights.)
 
     llmcxr-jax train-vqgan --config configs/vqgan_demo.py --workdir /tmp/vqgan-demo
 Arg `test` shrinks it to what the test suite runs (32x32, a few dozen steps).
@@ -38,7 +40,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.sample_every = 200
     c.ckpt_every = 200
     if arg == "test":
-        c.model = "tiny"
+        c.model = "tiny"  # RGB (3 channels)
         c.data.source = "synthetic:256"
         c.data.batch_size = 8
         c.loss.disc_start = 20

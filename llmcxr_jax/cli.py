@@ -324,6 +324,8 @@ def _demo(args: argparse.Namespace) -> None:
     from llmcxr_jax import demo
 
     config = demo._config(args.config, *args.overrides)
+    if args.minutes:
+        config.minutes = float(args.minutes)
     demo.run(args.out, config, progress=not args.no_progress)
 
 
@@ -505,6 +507,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the whole recipe on the embedded phantoms, on a CPU")
     p.add_argument("--out", default="demo-out", help="output directory (resumable)")
     p.add_argument("--config", default="demo_run.py", help="configs/ file[:arg]")
+    p.add_argument(
+        "--minutes",
+        type=float,
+        default=0.0,
+        help="scale the recipe to this time budget (0: the 10-minute recipe as configured)",
+    )
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_demo, takes_overrides=True)
 

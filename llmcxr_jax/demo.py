@@ -8,12 +8,22 @@ there, so an interrupted demo resumes where it stopped:
     tfds/        cxr_phantoms/64 with the codes (TFDS, array_record)
     stage1/      LM stage 1 (the tokenizer in stage1/tokenizer)
     stage2/      LM stage 2 from stage 1's weights; stage2/model is the final checkpoint
-    eval/        results.json, results.md, samples.png, reports.jsonl
+    eval/        results.json, results.md, samples.png, recon.png, reports.jsonl
+    summary.md   the closing summary (also summary.json): time per step, the figures with
+                 their 95% intervals, the controls, and PASS/FAIL against the demo's bars
+
+`--minutes N` scales the same recipe to a time budget: the VQ-GAN and classifier steps grow in
+proportion to N over the recipe's own minutes, and LM stage 1 gets `lm_share` of the budget, its
+step count set by the step time measured at the start of that run (`train/lm.py`,
+`time_budget_s`).
 """
 
 from __future__ import annotations
 
+import json
+import math
 import os
+import platform
 import time
 from pathlib import Path
 from typing import Any
@@ -34,6 +44,34 @@ def _config(name: str, *overrides: str) -> ml_collections.ConfigDict:
 
 def _banner(text: str) -> None:
     print(f"\n== {text}", flush=True)
+
+
+def cpu_name() -> str:
+    """The CPU model as the kernel names it (timings mean little without it)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def scale_to_minutes(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The recipe for a `c.minutes` budget (see the module docstring); `c` if minutes is 0."""
+    if not c.get("minutes"):
+        return c
+    c = ml_collections.ConfigDict(c.to_dict())
+    factor = float(c.minutes) / float(c.recipe_minutes)
+    vq_steps = max(1, round(c.vqgan_steps * factor))
+    clf_steps = max(1, round(c.classifier_steps * factor))
+    c.vqgan_steps, c.classifier_steps = vq_steps, clf_steps
+    c.stage1_overrides = (
+        *c.stage1_overrides,
+        f"--config.time_budget_s={c.lm_share * c.minutes * 60:.0f}",
+    )
+    return c
 
 
 def data_parallel_width(batch_sizes: list[int], wanted: int = 0) -> int:
@@ -64,7 +102,7 @@ def run(
     from llmcxr_jax.train import lm
     from llmcxr_jax.train import vqgan as train_vqgan
 
-    c = config or _config("demo_run.py")
+    c = scale_to_minutes(config or _config("demo_run.py"))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
@@ -93,6 +131,8 @@ def run(
         c.vqgan_config,
         f"--config.data.source=phantoms:{len(ranges['train'])}",
         f"--config.seed={c.seed}",
+        f"--config.steps={c.vqgan_steps}",
+        f"--config.classifier.train_steps={c.classifier_steps}",
         *c.vqgan_overrides,
     )
     # the convolutional steps (VQ-GAN, classifier, encoding) run data parallel over the cores
@@ -137,6 +177,7 @@ def run(
         cfg.data.builder_kwargs = dict(sizes)
         cfg.data.num_codes = num_codes
         cfg.data.num_image_codes = cfg.tokenizer.num_image_codes = vq.config.n_embed
+        cfg.init.vqgan = str(vq_dir / "model")  # for init.image_embeddings="codebook"
         return cfg
 
     with step("4/6 LM stage 1 (tokenizer trained on the reports first)"):
@@ -181,19 +222,205 @@ def run(
             max_report_tokens=c.eval.max_report_tokens,
             title="ours (phantoms, test split)",
             progress=progress,
+            bootstrap=c.eval.bootstrap,
         )
     results["timings_s"] = timings
-    print("\n" + (out / "eval" / "results.md").read_text())
-    total = sum(timings.values())
-    print("time per step: " + ", ".join(f"{k.split()[0]} {v:.0f} s" for k, v in timings.items()))
-    print(f"total {total / 60:.1f} min")
-    c2r = results["cxr_to_report"]["auroc"]["micro"]
-    r2c = results.get("report_to_cxr", {}).get("auroc", {}).get("micro", float("nan"))
-    print(f"micro AUROC: CXR-to-report {c2r:.3f}, report-to-CXR {r2c:.3f} (target >= 0.75)")
-    print(
-        f"outputs: {out / 'eval' / 'results.md'}, {out / 'eval' / 'samples.png'} "
-        f"(top: real test films; bottom: films generated from their reports), "
-        f"{out / 'vqgan' / 'samples'}/, {out / 'stage2' / 'samples'}/; "
-        f"TensorBoard: tensorboard --logdir {out}"
-    )
+    results["summary"] = summarize(results, c, out)
+    write_summary(results["summary"], out)
+    print("\n" + (out / "summary.md").read_text(), flush=True)
     return results
+
+
+# --------------------------------------------------------------------------------------------
+# The closing summary
+# --------------------------------------------------------------------------------------------
+
+
+def _get(d: Any, *keys: str, default: Any = None) -> Any:
+    for k in keys:
+        if not isinstance(d, dict) or k not in d:
+            return default
+        d = d[k]
+    return d
+
+
+def _with_ci(value: Any, ci: Any, fmt: str = "{:.3f}") -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    text = fmt.format(value)
+    if ci and len(ci) == 2 and all(isinstance(x, (int, float)) for x in ci):
+        text += " [" + ", ".join(fmt.format(x) for x in ci) + "]"
+    return text
+
+
+def headline_key(c: ml_collections.ConfigDict) -> str:
+    """Which CXR-to-report score the bars are checked on (configs/demo_run.py says why)."""
+    return "cxr_to_report_prob" if c.eval.get("headline") == "probability" else "cxr_to_report"
+
+
+def summarize(results: dict[str, Any], c: ml_collections.ConfigDict, out: Path) -> dict[str, Any]:
+    """Figures, controls and the bars of configs/demo_run.py, as rows of (what, value, bar, ok)."""
+    bars = c.bars
+    cpu = cpu_name()
+    minutes_bar = bars.minutes_amd if "AMD" in cpu.upper() else bars.minutes
+    if c.get("minutes"):
+        minutes_bar = float(c.minutes)
+    total_min = sum(results["timings_s"].values()) / 60
+    rows: list[tuple[str, str, str, bool | None]] = [
+        ("total time", f"{total_min:.1f} min", f"<= {minutes_bar:g} min", total_min <= minutes_bar)
+    ]
+
+    def auroc_rows(name: str, key: str) -> None:
+        r = results.get(key)
+        if not r:
+            rows.append((name, "n/a", "", False))
+            return
+        micro, ci = _get(r, "auroc", "micro"), _get(r, "auroc_ci95", "micro")
+        ok = micro is not None and micro >= bars.auroc_micro
+        ok_lo = bool(ci) and ci[0] >= bars.auroc_ci_low
+        rows.append(
+            (
+                f"{name}: micro AUROC [95% CI]",
+                _with_ci(micro, ci),
+                f">= {bars.auroc_micro:g}, CI low >= {bars.auroc_ci_low:g}",
+                ok and ok_lo,
+            )
+        )
+        rows.append(
+            (
+                f"{name}: macro AUROC",
+                _with_ci(_get(r, "auroc", "macro"), _get(r, "auroc_ci95", "macro")),
+                "",
+                None,
+            )
+        )
+        mm = _get(r, "mismatched", "auroc", "micro")
+        rows.append(
+            (
+                f"{name}, mismatched inputs (control): micro AUROC",
+                _with_ci(mm, _get(r, "mismatched", "auroc_ci95", "micro")),
+                f"<= {bars.control_max:g}",
+                mm is not None and mm <= bars.control_max,
+            )
+        )
+
+    head = headline_key(c)
+    other = "cxr_to_report" if head == "cxr_to_report_prob" else "cxr_to_report_prob"
+    label = {
+        "cxr_to_report": f"CXR-to-report ({c.eval.num_reports} sampled reports)",
+        "cxr_to_report_prob": "CXR-to-report (model's p(yes), deterministic)",
+    }
+    auroc_rows(label[head], head)
+    if results.get(other):
+        r = results[other]
+        rows.append(
+            (
+                f"{label[other]}: micro AUROC",
+                _with_ci(_get(r, "auroc", "micro"), _get(r, "auroc_ci95", "micro")),
+                "",
+                None,
+            )
+        )
+    em = _get(results, "cxr_to_report", "greedy_exact_match")
+    if em is not None:
+        rows.append(
+            (
+                "greedy reports: all six labels right",
+                _with_ci(em, _get(results, "cxr_to_report", "greedy_exact_match_ci95")),
+                "",
+                None,
+            )
+        )
+    auroc_rows(
+        f"report-to-CXR (classifier on {c.eval.num_images} generated films)", "report_to_cxr"
+    )
+    rec = results.get("reconstruction") or {}
+    psnr = rec.get("psnr")
+    rows.append(
+        (
+            "VQ-GAN reconstruction PSNR (test films)",
+            _with_ci(psnr, rec.get("psnr_ci95"), "{:.1f}") + " dB",
+            f">= {bars.psnr_min:g} dB",
+            psnr is not None and psnr >= bars.psnr_min,
+        )
+    )
+    for avg in ("micro", "macro"):
+        kept = _get(rec, "kept", avg)
+        real = _get(rec, "real_films", "auroc", avg)
+        recon = _get(rec, "reconstructions", "auroc", avg)
+        value = "n/a" if kept is None else f"{kept:.3f} ({recon:.3f} / {real:.3f})"
+        rows.append(
+            (
+                f"clinical information kept: classifier {avg} AUROC, reconstructions / real",
+                value,
+                f">= {bars.kept_min:g}",
+                kept is not None and kept >= bars.kept_min,
+            )
+        )
+    fid = _get(results, "report_to_cxr", "fid")
+    if fid is not None:
+        rows.append(
+            (
+                "FID (classifier features)",
+                _with_ci(fid, _get(results, "report_to_cxr", "fid_ci95")),
+                "",
+                None,
+            )
+        )
+    vqa = results.get("vqa")
+    if vqa:
+        rows.append(("VQA accuracy", _with_ci(vqa["overall"], vqa.get("overall_ci95")), "", None))
+
+    ev = out / "eval"
+    paths = [
+        (out / "summary.md", "this summary"),
+        (ev / "results.md", "the evaluation's tables"),
+        (ev / "samples.png", "real test films over films generated from their reports"),
+        (ev / "recon.png", "real test films over their VQ-GAN reconstructions"),
+        (ev / "reports.jsonl", "reference and generated reports"),
+        (out / "vqgan" / "samples", "VQ-GAN training inputs over reconstructions"),
+        (out / "stage1" / "samples", "LM samples during stage 1"),
+        (out / "stage2" / "samples", "LM samples during stage 2"),
+    ]
+    checked = [r[3] for r in rows if r[3] is not None]
+    return {
+        "cpu": cpu,
+        "devices": c.get("devices", 0),
+        "seed": c.seed,
+        "minutes": c.get("minutes", 0) or None,
+        "timings_s": results["timings_s"],
+        "rows": [list(r) for r in rows],
+        "passed": all(checked),
+        "paths": [[str(p), what] for p, what in paths if p.exists() or p.name == "summary.md"],
+        "tensorboard": f"tensorboard --logdir {out}",
+    }
+
+
+def summary_markdown(s: dict[str, Any]) -> str:
+    lines = [
+        f"# Demo summary: {'PASS' if s['passed'] else 'FAIL'} (seed {s['seed']}, {s['cpu']})",
+        "",
+        "time per step: "
+        + ", ".join(f"{k.split()[0]} {v:.0f} s" for k, v in s["timings_s"].items()),
+        "",
+        "| figure | value [95% CI] | bar | |",
+        "|---|---|---|---|",
+    ]
+    for what, value, bar, ok in s["rows"]:
+        mark = "" if ok is None else ("PASS" if ok else "FAIL")
+        lines.append(f"| {what} | {value} | {bar} | {mark} |")
+    lines += ["", "outputs:"]
+    lines += [f"- {p}: {what}" for p, what in s["paths"]]
+    lines += [f"- TensorBoard: `{s['tensorboard']}`", ""]
+    return "\n".join(lines)
+
+
+def write_summary(s: dict[str, Any], out: Path) -> None:
+    """summary.md and summary.json, each written to a temporary name and renamed."""
+    for name, text in (
+        ("summary.md", summary_markdown(s)),
+        ("summary.json", json.dumps(s, indent=2)),
+    ):
+        tmp = out / f".{name}.tmp"
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, out / name)

@@ -304,6 +304,97 @@ class Generator:
             prompts.values[i] = codes if num_samples > 1 else codes[0]
         return prompts
 
+    def answer_token_ids(self, question: str, answers: Sequence[str] = ("yes", "no")) -> list[int]:
+        """The first token of each answer as it stands in a VQA training paragraph.
+
+        A training paragraph is the prompt, the answer, then `### End`
+        (`instructions.vqa`), so the answer's first token is the id that follows the prompt's
+        ids in the paragraph's ids. With our tokenizers `### Response:\\n` is a special token
+        that ends the prompt, so the answer is tokenised on its own, without a leading space:
+        "yes" -> the id of `encode_text("yes")[0]`. Raises InputError where the paragraph does
+        not start with the prompt's ids, an answer is empty, or two answers share a first token.
+        """
+        codes = np.zeros(self.num_codes, np.int32)  # the image's codes do not change the answer
+        prompt = self._ids(instructions.vqa_prompt(question, codes))
+        out = []
+        for a in answers:
+            if not str(a).strip():
+                raise InputError("empty answer")
+            ids = self._ids(instructions.vqa(question, str(a), codes))
+            if len(ids) <= len(prompt) or not np.array_equal(ids[: len(prompt)], prompt):
+                raise InputError(f"answer {a!r}: the paragraph does not start with the prompt")
+            out.append(int(ids[len(prompt)]))
+        if len(set(out)) != len(out):
+            raise InputError(f"answers {list(answers)} share a first token ({out})")
+        return out
+
+    def answer_probabilities(
+        self,
+        codes: Sequence[Any],
+        questions: Sequence[str],
+        answers: Sequence[str] = ("yes", "no"),
+        *,
+        names: Sequence[str] | None = None,
+        progress: bool = False,
+    ) -> Results:
+        """The model's probability of each answer to each (image, question) pair, no sampling.
+
+        values: float64 [len(answers)] per pair, the probability of each answer's first token
+        (`answer_token_ids`) in the next-token distribution after the VQA prompt, a softmax over
+        the text ids (the ids `answers` may produce; image ids and vocabulary padding excluded).
+        One forward pass per batch of prompts (left-padded, bucketed like generation); the same
+        inputs give the same values whatever the seed. p(yes) / (p(yes) + p(no)) is the
+        model's "yes" among the two answers.
+        """
+        if len(codes) != len(questions):
+            raise ValueError(f"{len(codes)} images but {len(questions)} questions")
+        names = names or [f"question {i}" for i in range(len(codes))]
+        answer_ids: dict[str, list[int]] = {}
+
+        def prompt(pair: tuple[Any, str]) -> tuple[np.ndarray, list[int]]:
+            c, q = pair
+            q = " ".join(str(q).split())
+            if not q:
+                raise InputError("empty question")
+            if q not in answer_ids:
+                answer_ids[q] = self.answer_token_ids(q, answers)
+            return self._ids(instructions.vqa_prompt(q, self.check_codes(c))), answer_ids[q]
+
+        prompts = _run_each(list(zip(codes, questions, strict=True)), names, prompt)
+        max_pos = self.model.config.max_position_embeddings
+        for i in prompts.ok:
+            n = len(prompts.values[i][0]) + 1  # room for the answer's token
+            if n > max_pos:
+                prompts.failures.append(
+                    Failure(i, prompts.names[i], f"prompt too long ({n} > {max_pos} tokens)")
+                )
+                prompts.values[i] = None
+        prompts.failures.sort(key=lambda f: f.index)
+        jobs = prompts.ok
+        B = self.batch_size
+        allowed = self._text_mask[: self.model.config.padded_vocab_size]
+        chunks = range(0, len(jobs), B)
+        for s in tqdm(chunks, desc="answer probabilities", disable=not progress, leave=False):
+            chunk = jobs[s : s + B]
+            seqs = [prompts.values[i][0] for i in chunk]
+            seqs += [seqs[0]] * (B - len(seqs))  # a full batch: one compiled shape
+            P = -(-max(len(x) for x in seqs) // PROMPT_BUCKET) * PROMPT_BUCKET
+            P = min(P, max_pos)
+            tokens = np.full((B, P), self.tokenizer.pad_id, np.int32)
+            mask = np.zeros((B, P), bool)
+            for r, x in enumerate(seqs):  # left padding
+                tokens[r, P - len(x) :], mask[r, P - len(x) :] = x, True
+            logits, _, _ = decoding.prefill(
+                self.model, tokens, mask, cache_len=P, pad_id=self.tokenizer.pad_id
+            )
+            logits = np.asarray(logits, np.float64)[:, : allowed.shape[0]]
+            logits = np.where(allowed, logits, -np.inf)
+            top = logits.max(axis=1, keepdims=True)
+            logp = logits - top - np.log(np.exp(logits - top).sum(axis=1, keepdims=True))
+            for r, i in enumerate(chunk):
+                prompts.values[i] = np.exp(logp[r, prompts.values[i][1]])
+        return prompts
+
     # -- machinery ---------------------------------------------------------------------------
 
     def _ids(self, paragraph: Paragraph) -> np.ndarray:

@@ -91,6 +91,42 @@ def test_demo_outputs(demo_run):
     )
 
 
+def test_demo_summary_names_the_cpu_checks_the_bars_and_its_paths_exist(demo_run):
+    out, config, returned = demo_run
+    s = returned["summary"]
+    assert s == json.loads((out / "summary.json").read_text())
+    assert s["cpu"] == demo.cpu_name() and s["cpu"]
+    md = (out / "summary.md").read_text()
+    assert md.startswith("# Demo summary: " + ("PASS" if s["passed"] else "FAIL"))
+    assert s["cpu"] in md
+    for p, _ in s["paths"]:
+        assert Path(p).exists(), p
+    assert not (out / "stage2" / "samples").exists() or any(
+        p.endswith("stage2/samples") for p, _ in s["paths"]
+    )
+    names = [r[0] for r in s["rows"]]
+    assert any("mismatched" in n for n in names)
+    assert any("PSNR" in n for n in names)
+    checked = [r for r in s["rows"] if r[3] is not None]
+    assert s["passed"] == all(r[3] for r in checked)
+    # the tiny test demo learns nothing: the AUROC bar must be reported as missed
+    c2r = [r for r in s["rows"] if r[0].startswith("CXR-to-report") and r[2]]
+    assert c2r and c2r[0][3] is (returned["cxr_to_report"]["auroc"]["micro"] >= 0.8)
+
+
+def test_scale_to_minutes_grows_the_steps_and_gives_the_lm_a_budget():
+    c = demo._config("demo_run.py")
+    assert demo.scale_to_minutes(c) is c  # minutes 0: the recipe as configured
+    c.minutes = 30.0
+    scaled = demo.scale_to_minutes(c)
+    factor = 30.0 / c.recipe_minutes
+    assert scaled.vqgan_steps == round(c.vqgan_steps * factor)
+    assert scaled.classifier_steps == round(c.classifier_steps * factor)
+    want = f"--config.time_budget_s={c.lm_share * 30 * 60:.0f}"
+    assert scaled.stage1_overrides[-1] == want
+    assert c.vqgan_steps == 300  # the input config is left alone
+
+
 def test_demo_runs_the_convolutional_steps_data_parallel(demo_run):
     out, config, _ = demo_run
     saved = json.loads((out / "vqgan" / "config.json").read_text())

@@ -340,3 +340,123 @@ def test_tables_from_real_results():
     per = per_class_table(result)
     for name in metrics.PAPER_CLASSES:
         assert f"| {name} | {result['auroc']['per_class'][name]:.3f} |" in per
+
+
+def test_vqa_hits():
+    got = metrics.vqa_hits(["Yes.", "no", "edema, effusion"], ["yes", "yes", "effusion and edema"])
+    assert got.tolist() == [True, False, True]
+
+
+# --- bootstrap intervals and controls -------------------------------------------------------------
+
+
+def test_bootstrap_ci_mean_of_two_items_by_hand():
+    # resamples of [0, 1]: means 0, 0.5, 1 with probabilities 1/4, 1/2, 1/4; the 2.5th and
+    # 97.5th percentiles of 1,000 of them are therefore 0 and 1
+    lo, hi = metrics.bootstrap_ci(np.mean, np.array([0.0, 1.0]), num=1000, seed=0)
+    assert (lo, hi) == (0.0, 1.0)
+    # at 40%: percentiles 30 and 70 fall among the 0.5s
+    lo, hi = metrics.bootstrap_ci(np.mean, [np.array([0.0, 1.0])], num=1000, seed=0, level=0.4)
+    assert (lo, hi) == (0.5, 0.5)
+
+
+def test_bootstrap_ci_constant_seeded_and_paired():
+    assert metrics.bootstrap_ci(np.mean, np.full(7, 0.25), num=200, seed=3) == (0.25, 0.25)
+    x = np.random.default_rng(0).normal(size=30)
+    a = metrics.bootstrap_ci(np.mean, x, num=300, seed=5)
+    assert a == metrics.bootstrap_ci(np.mean, x, num=300, seed=5)
+    assert a != metrics.bootstrap_ci(np.mean, x, num=300, seed=6)
+    assert a[0] < x.mean() < a[1]
+    # the same indices for every array: x - x is 0 in every resample
+    assert metrics.bootstrap_ci(lambda u, v: np.mean(u - v), [x, x], num=100) == (0.0, 0.0)
+    with pytest.raises(ValueError):
+        metrics.bootstrap_ci(np.mean, [x, x[:-1]])
+
+
+def test_bootstrap_ci_drops_nan_resamples():
+    # nan unless the resample holds no 0: only [1, 1] (mean 1) survives
+    def stat(v):
+        return float("nan") if (v == 0).any() else float(v.mean())
+
+    assert metrics.bootstrap_ci(stat, np.array([0.0, 1.0]), num=400, seed=0) == (1.0, 1.0)
+    lo, hi = metrics.bootstrap_ci(lambda v: float("nan"), np.arange(3.0), num=10)
+    assert math.isnan(lo) and math.isnan(hi)
+
+
+def test_percentile_interval_by_hand():
+    # np.quantile of 0..100 (linear): 2.5 and 97.5; nan values are dropped
+    got = metrics.percentile_interval(np.r_[np.arange(101.0), np.nan])
+    assert got == pytest.approx((2.5, 97.5), abs=1e-12)
+    with pytest.raises(ValueError):
+        metrics.percentile_interval([1.0], level=1.0)
+
+
+def test_bootstrap_counts_match_indices():
+    idx = metrics.bootstrap_indices(9, 50, seed=2)
+    counts = metrics.bootstrap_counts(9, 50, seed=2)
+    assert idx.shape == counts.shape == (50, 9)
+    for r in range(50):
+        np.testing.assert_array_equal(counts[r], np.bincount(idx[r], minlength=9))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_multilabel_bootstrap_equals_the_metrics_on_each_resample(seed):
+    y, s = _random_multilabel(seed, n=30)
+    y[:, 5] = 0
+    y[:4, 5] = 1  # a rare class: some resamples lose its positives (nan AUROC)
+    p = (s > 0.5).astype(int)
+    num = 60
+    got = metrics.multilabel_bootstrap(y, s, p, counts=metrics.bootstrap_counts(30, num, seed))
+    for r, idx in enumerate(metrics.bootstrap_indices(30, num, seed)):
+        want_a = multilabel_auroc(y[idx], s[idx])
+        want_f = multilabel_f1(y[idx], p[idx])
+        for avg in AVERAGES:
+            np.testing.assert_allclose(got["auroc"][avg][r], want_a[avg], atol=1e-12)
+            np.testing.assert_allclose(got["f1"][avg][r], want_f[avg], atol=1e-12)
+    ci = metrics.multilabel_ci(y, s, p, num=num, seed=seed)
+    for avg in AVERAGES:
+        want = metrics.bootstrap_ci(
+            lambda a, b, avg=avg: multilabel_auroc(a, b)[avg], [y, s], num=num, seed=seed
+        )
+        np.testing.assert_allclose(ci["auroc"][avg], want, atol=1e-12)
+
+
+def test_multilabel_ci_is_fast():
+    import time
+
+    rng = np.random.default_rng(0)
+    y = (rng.random((300, 6)) < 0.3).astype(int)
+    s = rng.normal(size=(300, 6)) + y
+    t = time.perf_counter()
+    ci = metrics.multilabel_ci(y, s, (s > 0.5).astype(int), num=1000, seed=0)
+    assert time.perf_counter() - t < 10.0
+    point = multilabel_auroc(y, s)
+    for avg in AVERAGES:
+        assert ci["auroc"][avg][0] <= point[avg] <= ci["auroc"][avg][1]
+
+
+def test_derangement_has_no_fixed_point_and_is_a_permutation():
+    for n in range(2, 40):
+        for seed in range(8):
+            d = metrics.derangement(n, seed)
+            assert sorted(d.tolist()) == list(range(n))
+            assert (d != np.arange(n)).all(), (n, seed)
+    np.testing.assert_array_equal(metrics.derangement(10, 4), metrics.derangement(10, 4))
+    assert (metrics.derangement(10, 4) != metrics.derangement(10, 5)).any()
+    assert metrics.derangement(2, 0).tolist() == [1, 0]
+    with pytest.raises(ValueError):
+        metrics.derangement(1)
+
+
+def test_markdown_table_with_intervals():
+    res = _ours_result()
+    res["auroc_ci95"] = {"micro": [0.1, 0.2], "macro": [float("nan"), float("nan")]}
+    res["f1_ci95"] = {"micro": [0.99, 1.0], "macro": [0.05, 0.15], "weighted": [0.0, 0.0]}
+    table = markdown_table({"ours": res}, "t", include_paper=False)
+    row = next(line for line in table.splitlines() if line.startswith("| ours"))
+    assert row == (
+        "| ours | 0.123 [0.100, 0.200] | n/a | 0.500 | 1.000 [0.990, 1.000] "
+        "| 0.100 [0.050, 0.150] | 0.000 [0.000, 0.000] |"
+    )
+    assert metrics.fmt_ci(27.123, [26.0, 28.25], "{:.1f}") == "27.1 [26.0, 28.2]"
+    assert metrics.fmt_ci(None, [0, 1]) == "n/a"

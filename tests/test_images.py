@@ -428,6 +428,42 @@ def test_image_grid_and_save_grid(tmp_path):
     assert image_grid(imgs, ncols=8).shape == (4, 5 * 3 + 2 * 2, 3)
 
 
+def _mode(path):
+    with Image.open(path) as im:
+        return im.mode
+
+
+def test_grey_images_are_written_grey(tmp_path, rng):
+    x = rng.uniform(-1.05, 1.05, (12, 10, 1)).astype(np.float32)  # a grey model's output
+    save_png(x, tmp_path / "g.png")
+    assert _mode(tmp_path / "g.png") == "L"
+    np.testing.assert_array_equal(_pil(tmp_path / "g.png"), to_uint8(x)[:, :, 0])
+    save_png(x[:, :, 0], tmp_path / "g2.png")  # [H, W] too
+    assert _mode(tmp_path / "g2.png") == "L"
+    np.testing.assert_array_equal(_pil(tmp_path / "g2.png"), to_uint8(x)[:, :, 0])
+    save_png(np.repeat(x, 3, axis=2), tmp_path / "rgb.png")  # RGB stays RGB
+    assert _mode(tmp_path / "rgb.png") == "RGB"
+
+    grey = np.stack([np.full((4, 5, 1), v, np.float32) for v in (-1.0, 0.0, 1.0)])
+    grid = image_grid(grey, ncols=2, pad=1, pad_value=77)
+    assert grid.shape == (9, 11, 1) and grid.dtype == np.uint8
+    assert (grid[:4, :5] == 0).all() and (grid[:4, 6:] == 128).all() and (grid[5:, 6:] == 77).all()
+    save_grid(grey, tmp_path / "grid.png", ncols=2, pad=1, pad_value=77)
+    assert _mode(tmp_path / "grid.png") == "L"
+    np.testing.assert_array_equal(_pil(tmp_path / "grid.png"), grid[:, :, 0])
+
+    rgb = np.full((4, 5, 3), 0.0, np.float32)
+    rgb[..., 0] = 1.0
+    mixed = image_grid([grey[0], rgb, grey[2]], ncols=3, pad=1)  # grey tiles become RGB
+    assert mixed.shape == (4, 17, 3)
+    assert (mixed[:, :5] == 0).all() and (mixed[:, 12:] == 255).all()
+    np.testing.assert_array_equal(mixed[0, 6], [255, 128, 128])
+    save_grid([grey[0], rgb], tmp_path / "mixed.png")
+    assert _mode(tmp_path / "mixed.png") == "RGB"
+    with pytest.raises(ValueError, match="differ in size"):
+        image_grid([grey[0], np.zeros((5, 5, 1), np.float32)])
+
+
 def test_load_batch_reports_the_bad_file(tmp_path, rng):
     u = [rng.integers(0, 256, (64, 64, 3)).astype(np.uint8) for _ in range(3)]
     paths = [_png(tmp_path / f"ok{i}.png", Image.fromarray(a)) for i, a in enumerate(u)]

@@ -163,3 +163,83 @@ def test_training_writes_sample_generations(data_dir, tmp_path):
     assert codes.shape == (64,) and codes.min() >= 0 and codes.max() < 256
     assert isinstance(sample["generated_report"], str)
     assert (tmp_path / "w" / "samples" / "step_000005.png").stat().st_size > 100
+
+
+def _random_checkpoint(path, model_cls, config, std, seed):
+    """A model checkpoint of N(0, std^2) variables, without running the model's initialisers."""
+    import jax
+    from flax import nnx
+
+    from llmcxr_jax.models import common
+
+    rng = np.random.default_rng(seed)
+    abstract = nnx.to_pure_dict(nnx.state(common.abstract(model_cls, config)))
+    tree = jax.tree.map(lambda a: (std * rng.standard_normal(a.shape)).astype(a.dtype), abstract)
+    checkpoint.save_params(path, config, tree)
+    return tree
+
+
+def test_build_model_initialises_image_rows_from_the_vqgan_codebook(tmp_path, capsys):
+    from llmcxr_jax import sharding
+    from llmcxr_jax.image_embeddings import codebook_embeddings
+    from llmcxr_jax.models.gpt_neox import GPTNeoX, get_preset
+    from llmcxr_jax.models.vqgan import VQGAN
+    from llmcxr_jax.models.vqgan import get_preset as vq_preset
+    from llmcxr_jax.tokenizer import MultimodalTokenizer
+
+    vq = _random_checkpoint(tmp_path / "vq", VQGAN, vq_preset("tiny"), 1.0, 0)
+    codebook = vq["quantize"]["embedding"]["embedding"]  # [64, 32]
+    texts = ["Heart size normal. Lungs clear.", "Small left pleural effusion."] * 5
+    tok = MultimodalTokenizer.train_bpe(texts, vocab_size=300, num_image_codes=codebook.shape[0])
+    mesh = sharding.make_mesh((2, 4, 1))
+    lo, hi = tok.image_range
+    small = {"dtype": "float32", "hidden_size": 64, "num_layers": 1, "intermediate_size": 128}
+
+    def build(*extra, model_overrides=small, tok=tok):
+        config = load(CONFIG, list(extra))
+        config.model_overrides = model_overrides
+        return config, lm.build_model(config, tok, mesh)
+
+    with_vq = ["--config.init.image_embeddings=codebook", f"--config.init.vqgan={tmp_path / 'vq'}"]
+    config, plain = build()
+    _, model = build(*with_vq)
+    assert "image-token embeddings (embed_in rows" in capsys.readouterr().out
+    want = codebook_embeddings(codebook, 64, std=model.config.initializer_range, seed=config.seed)
+    emb, ref = np.asarray(model.embed_in[...]), np.asarray(plain.embed_in[...])
+    np.testing.assert_allclose(emb[lo:hi], want, rtol=1e-6)
+    np.testing.assert_array_equal(emb[:lo], ref[:lo])
+    np.testing.assert_array_equal(emb[hi:], ref[hi:])
+    np.testing.assert_array_equal(
+        np.asarray(model.embed_out[...]), np.asarray(plain.embed_out[...])
+    )
+    assert model.embed_in[...].sharding == plain.embed_in[...].sharding  # sharded as before
+
+    # an imported text-only LM: grown by the codes, their rows at its text rows' scale
+    text_cfg = get_preset("tiny", vocab_size=tok.text_vocab_size, num_layers=1)
+    text_lm = _random_checkpoint(tmp_path / "text_lm", GPTNeoX, text_cfg, 0.05, 1)
+    _, grown = build(
+        "--config.init.image_embeddings=codebook_both",
+        f"--config.init.vqgan={tmp_path / 'vq'}",
+        f"--config.init.checkpoint={tmp_path / 'text_lm'}",
+        model_overrides={},
+    )
+    for name in ("embed_in", "embed_out"):
+        old, new = text_lm[name], np.asarray(getattr(grown, name)[...])
+        want = codebook_embeddings(codebook, 64, std=float(old[:lo].std()), seed=config.seed)
+        np.testing.assert_allclose(new[lo:hi], want, rtol=1e-5, atol=1e-8)
+        np.testing.assert_array_equal(new[:lo], old[:lo])
+
+    # stage 2 (params_from) keeps the trained rows
+    checkpoint.save_model(tmp_path / "s1", model)
+    _, s2 = build(*with_vq, f"--config.init.params_from={tmp_path / 's1'}")
+    assert "not applied" in capsys.readouterr().out
+    for name in ("embed_in", "embed_out"):
+        np.testing.assert_array_equal(
+            np.asarray(getattr(s2, name)[...]), np.asarray(getattr(model, name)[...])
+        )
+
+    with pytest.raises(ValueError, match="needs init.vqgan"):
+        build("--config.init.image_embeddings=codebook")
+    other = MultimodalTokenizer.train_bpe(texts, vocab_size=300, num_image_codes=256)
+    with pytest.raises(ValueError, match="codebook has 64 entries but the tokenizer has 256"):
+        build(*with_vq, tok=other)

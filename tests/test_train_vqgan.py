@@ -259,3 +259,52 @@ def test_skipping_the_discriminator_before_its_start_changes_no_update():
         states = {run: out[run][0] for run in steps}
         # carry the same statistics so the later steps compare like with like
         states[False] = dataclasses.replace(states[False], disc_stats=states[True].disc_stats)
+
+
+def test_grey_model_trains_against_the_channel_mean(tmp_path):
+    """A grey VQ-GAN's losses compare its 1-channel reconstruction with the batch's channel mean,
+    its discriminator takes one channel, and its samples show grey inputs over grey outputs."""
+    from PIL import Image
+
+    from llmcxr_jax.models import common
+    from llmcxr_jax.models.discriminator import NLayerDiscriminator
+    from llmcxr_jax.train.metrics import MetricWriter
+
+    config = load(CONFIG, ["--config.loss.disc_start=0"])
+    config.model_overrides.update({"in_channels": 1, "out_ch": 1})  # `tiny`, grey
+    vq_cfg = vqgan.vqgan_config(config)
+    assert (vq_cfg.in_channels, vq_cfg.out_ch) == (1, 1)
+    disc = nnx.eval_shape(lambda: vqgan.init_discriminator(config))
+    assert disc.main[0].kernel.shape[2] == 1 and disc.config.input_nc == 1
+    rng = np.random.default_rng(1)  # random variables: much faster than the models' own init
+
+    def random_model(cls, cfg):
+        shapes = common.variables_of(common.abstract(cls, cfg))
+        return common.with_variables(
+            cls, cfg, jax.tree.map(lambda s: rng.normal(0, 0.1, s.shape).astype(np.float32), shapes)
+        )
+
+    ae, disc = random_model(VQGAN, vq_cfg), random_model(NLayerDiscriminator, disc.config)
+    frozen, frozen_states = vqgan._frozen(None, None, ())
+    tx = optax.sgd(1e-3)
+    ae_g, disc_g, state = vqgan.init_state(ae, disc, tx, tx)
+    step = jax.jit(
+        vqgan.make_train_step(
+            ae_g, disc_g, tx, tx, vqgan.loss_weights(config), frozen, vq_cfg.n_embed
+        )
+    )
+    x = np.random.default_rng(0).uniform(-1, 1, (4, 32, 32, 3)).astype(np.float32)  # colour
+    recon = np.asarray(jax.jit(lambda p, x: nnx.merge(ae_g, p)(x)[0])(state.ae, x))
+    assert recon.shape == (4, 32, 32, 1)
+    want = np.mean(np.abs(x.astype(np.float64).mean(-1, keepdims=True) - recon))
+    new, m = step(state, {"image": jnp.asarray(x)}, frozen_states)
+    np.testing.assert_allclose(float(m["l1"]), want, rtol=1e-5)
+    # against the RGB batch the L1 would differ (the test can tell the targets apart)
+    assert abs(np.mean(np.abs(x - recon)) - want) > 1e-3
+    assert float(m["d_weight"]) > 0 and np.isfinite(float(m["loss"]))
+
+    writer = MetricWriter(tmp_path, enable_tensorboard=False)
+    vqgan._write_samples(tmp_path, 1, ae_g, new.ae, jnp.asarray(x), writer)
+    writer.close()
+    with Image.open(tmp_path / "samples" / "step_000001.png") as im:
+        assert im.mode == "L" and im.size == (4 * 32 + 3 * 2, 2 * 32 + 2)

@@ -26,9 +26,9 @@ def _taming(cfg, seed=0):
     return ref
 
 
-def _images(cfg, n=2, seed=0):
-    x = np.random.default_rng(seed).uniform(-1, 1, (n, cfg.resolution, cfg.resolution, 3))
-    return x.astype(np.float32)
+def _images(cfg, n=2, seed=0, channels=3):
+    shape = (n, cfg.resolution, cfg.resolution, channels)
+    return np.random.default_rng(seed).uniform(-1, 1, shape).astype(np.float32)
 
 
 def _ours(ref, cfg):
@@ -36,12 +36,15 @@ def _ours(ref, cfg):
     return common.with_variables(VQGAN, cfg, params)
 
 
-@pytest.mark.parametrize("preset", ["tiny", "llmcxr-f16"])
+@pytest.mark.parametrize("preset", ["tiny", "tiny-grey", "llmcxr-f16"])
 def test_codes_and_pixels_match_taming(preset):
-    cfg = get_preset(preset)
+    if preset == "tiny-grey":  # the converter takes conv_in/conv_out shapes from the config
+        cfg = get_preset("tiny", in_channels=1, out_ch=1)
+    else:
+        cfg = get_preset(preset)
     ref = _taming(cfg)
     model = _ours(ref, cfg)
-    x = _images(cfg, n=1 if preset == "llmcxr-f16" else 2)
+    x = _images(cfg, n=1 if preset == "llmcxr-f16" else 2, channels=cfg.in_channels)
     with torch.no_grad():
         z_ref, loss_ref, codes_ref = ref.quantized(torch.from_numpy(x).permute(0, 3, 1, 2))
         pix_ref = ref.decode(codes_ref).permute(0, 2, 3, 1).numpy()
@@ -50,6 +53,7 @@ def test_codes_and_pixels_match_taming(preset):
     np.testing.assert_array_equal(codes, codes_ref.numpy())
     pix = np.asarray(jax.jit(lambda m, c: m.decode(c))(model, jnp.asarray(codes)))
     np.testing.assert_allclose(pix, pix_ref, atol=1e-4, rtol=0)
+    assert pix.shape[-1] == cfg.out_ch
     if preset == "tiny":  # the training path: same latents and the same legacy loss
         _, q = model(jnp.asarray(x))
         np.testing.assert_allclose(q.z_q, z_ref.permute(0, 2, 3, 1).numpy(), atol=1e-5)
@@ -164,3 +168,46 @@ def test_folded_upsample_equals_nearest_then_conv():
     x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 5, 7, 32)), jnp.float32)
     naive = up.conv(jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2))
     np.testing.assert_allclose(up(x), naive, atol=1e-5)
+
+
+def test_presets_channels():
+    assert (get_preset("demo-f8").in_channels, get_preset("demo-f8").out_ch) == (1, 1)
+    assert (get_preset("llmcxr-f16").in_channels, get_preset("llmcxr-f16").out_ch) == (3, 3)
+
+
+def test_grey_film_round_trips_grey():
+    """A grey model encodes a grey film given as RGB (replicated) or as one channel to the same
+    codes, averages colour, and decodes one channel; an RGB model repeats a grey input."""
+    from flax import nnx
+
+    from llmcxr_jax.models.vqgan import to_channels
+
+    cfg = get_preset("tiny", in_channels=1, out_ch=1)
+    rng = np.random.default_rng(0)  # random variables: much faster than VQGAN's own init
+    shapes = common.variables_of(common.abstract(VQGAN, cfg))
+    tree = jax.tree.map(lambda s: rng.normal(0, 0.1, s.shape).astype(np.float32), shapes)
+    model = common.with_variables(VQGAN, cfg, tree)
+    grey = _images(cfg, n=2, seed=5, channels=1)
+    rgb = np.repeat(grey, 3, axis=-1)
+    np.testing.assert_array_equal(model.as_input(jnp.asarray(rgb)), grey)  # exactly
+    encode = jax.jit(lambda m, x: m.encode(x))
+    codes = np.asarray(encode(model, jnp.asarray(rgb)))
+    np.testing.assert_array_equal(codes, np.asarray(encode(model, jnp.asarray(grey))))
+    assert len(np.unique(codes)) > 1  # not a degenerate comparison
+    pix = np.asarray(jax.jit(lambda m, c: m.decode(c))(model, jnp.asarray(codes)))
+    assert pix.shape == (2, cfg.resolution, cfg.resolution, 1) and np.isfinite(pix).all()
+    recon, _ = jax.eval_shape(lambda: model(jnp.asarray(rgb)))
+    assert recon.shape == pix.shape
+    colour = _images(cfg, n=2, seed=6)
+    np.testing.assert_allclose(
+        to_channels(jnp.asarray(colour), 1), colour.mean(-1, keepdims=True), atol=1e-6
+    )
+
+    rgb_model = common.abstract(VQGAN, get_preset("tiny"))
+    np.testing.assert_array_equal(rgb_model.as_input(jnp.asarray(grey)), rgb)
+    g, abstract_state = nnx.split(rgb_model)
+    shape = lambda f, x: jax.eval_shape(lambda s: f(nnx.merge(g, s), x), abstract_state).shape
+    assert shape(VQGAN.encode, jnp.asarray(grey)) == codes.shape
+    assert shape(VQGAN.decode, jnp.asarray(codes)) == (2, 32, 32, 3)
+    with pytest.raises(ValueError, match="cannot turn 2-channel images into 3-channel"):
+        to_channels(jnp.zeros((1, 4, 4, 2)), 3)

@@ -134,7 +134,8 @@ def encode_dataset(
                 if "error" in r
             ]
             if good:
-                x = np.zeros((batch_size, res, res, 3), np.float32)  # fixed shape: one compile
+                # fixed shape (one compile); RGB-replicated films: a grey model averages them
+                x = np.zeros((batch_size, res, res, 3), np.float32)
                 x[: len(good)] = np.stack([r["image"] for r in good])
                 codes = np.asarray(encode(model, place(x)))[: len(good)]
                 records += [

@@ -11,7 +11,8 @@ instead of a PIL/pydicom traceback in the middle of a run.
 Pipeline: `read_image` (file -> uint8 RGB [H, W, 3]) -> `preprocess` (short side resized to
 `resolution` with PIL LANCZOS, centre crop, `x / 127.5 - 1`) = `load_cxr`. `load_batch` does
 this for many files and reports the bad ones instead of stopping. `to_uint8`, `save_png`,
-`image_grid` and `save_grid` go back from [-1, 1] to 8-bit pictures.
+`image_grid` and `save_grid` go back from [-1, 1] to 8-bit pictures: RGB images to RGB PNGs,
+1-channel (grey) ones, which a grey VQ-GAN decodes to, to 8-bit grey PNGs.
 
 Behaviour choices:
 
@@ -365,58 +366,83 @@ def load_batch(
 
 
 def to_uint8(image: Any) -> np.ndarray:
-    """[-1, 1] floats (any shape) -> uint8: clip, then `round((x + 1) / 2 * 255)`; NaN -> 0."""
+    """[-1, 1] floats (any shape: RGB, grey [H, W, 1], batches) -> uint8: clip, then
+    `round((x + 1) / 2 * 255)`; NaN -> 0."""
     x = np.nan_to_num(np.asarray(image, dtype=np.float64), nan=-1.0)
     return np.rint((np.clip(x, -1.0, 1.0) + 1.0) * 127.5).astype(np.uint8)
 
 
-def _as_hwc3(image: np.ndarray) -> np.ndarray:
-    if image.ndim == 3 and image.shape[2] == 1:
-        image = image[:, :, 0]
+def _as_hwc(image: np.ndarray) -> np.ndarray:
+    """[H, W], [H, W, 1] or [H, W, 3] -> [H, W, 1] or [H, W, 3]."""
     if image.ndim == 2:
-        image = np.repeat(image[:, :, None], 3, axis=2)
-    if image.ndim != 3 or image.shape[2] != 3:
+        image = image[:, :, None]
+    if image.ndim != 3 or image.shape[2] not in (1, 3):
         raise ValueError(f"expected an image [H, W, 3], [H, W, 1] or [H, W], got {image.shape}")
     return image
 
 
 def save_png(image: Any, path: str | os.PathLike) -> None:
-    """Write an image in [-1, 1] ([H, W, 3], [H, W, 1] or [H, W]; uint8 is written as is)."""
+    """Write an image in [-1, 1] ([H, W, 3], [H, W, 1] or [H, W]; uint8 is written as is).
+
+    Three channels give an RGB PNG, one (or none) an 8-bit grey one (mode "L").
+    """
     arr = np.asarray(image)
-    arr = _as_hwc3(arr if arr.dtype == np.uint8 else to_uint8(arr))
+    arr = _as_hwc(arr if arr.dtype == np.uint8 else to_uint8(arr))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.ascontiguousarray(arr), "RGB").save(path, format="PNG")
+    if arr.shape[2] == 1:
+        pil = Image.fromarray(np.ascontiguousarray(arr[:, :, 0]), "L")
+    else:
+        pil = Image.fromarray(np.ascontiguousarray(arr), "RGB")
+    pil.save(path, format="PNG")
+
+
+def _tiles(images: Any) -> np.ndarray:
+    """Grid tiles as uint8 [N, H, W, 1 or 3]: grey stays grey unless some tile is RGB."""
+    if isinstance(images, list | tuple):  # images of their own channel counts
+        if not images:
+            raise ValueError("expected images [N>0, H, W, C], got none")
+        tiles = [_as_hwc(np.asarray(t)) for t in images]
+        c = max(t.shape[2] for t in tiles)
+        tiles = [t if t.dtype == np.uint8 else to_uint8(t) for t in tiles]
+        shapes = {t.shape[:2] for t in tiles}
+        if len(shapes) != 1:
+            raise ValueError(f"grid images differ in size: {sorted(shapes)}")
+        return np.stack([np.repeat(t, c // t.shape[2], axis=2) for t in tiles])
+    arr = np.asarray(images)
+    if arr.ndim == 3:
+        arr = arr[..., None]
+    if arr.ndim != 4 or arr.shape[3] not in (1, 3) or arr.shape[0] == 0:
+        raise ValueError(f"expected images [N>0, H, W, 3] or [N>0, H, W, 1], got {arr.shape}")
+    return arr if arr.dtype == np.uint8 else to_uint8(arr)
 
 
 def image_grid(images: Any, ncols: int = 8, *, pad: int = 2, pad_value: int = 255) -> np.ndarray:
-    """[N, H, W, 3] (or [N, H, W]) in [-1, 1] -> one uint8 grid image.
+    """[N, H, W, 3], [N, H, W, 1] or [N, H, W] in [-1, 1] -> one uint8 grid image [., ., C].
 
-    Tiles are laid out row by row, `ncols` per row, with `pad`-pixel separators of `pad_value`
-    between them (no outer border); empty cells of the last row are filled with `pad_value`.
+    Grey images give a grey grid [., ., 1], RGB ones an RGB grid [., ., 3]. `images` may also be
+    a list of [H, W, C] images of mixed channel counts: the grey ones are repeated to RGB if
+    any is RGB. Tiles are laid out row by row, `ncols` per row, with `pad`-pixel separators of
+    `pad_value` between them (no outer border); empty cells of the last row are filled with
+    `pad_value`.
     """
-    arr = np.asarray(images)
-    if arr.ndim == 3 or (arr.ndim == 4 and arr.shape[3] == 1):
-        arr = arr.reshape(arr.shape[:3])[..., None].repeat(3, axis=3)
-    if arr.ndim != 4 or arr.shape[3] != 3 or arr.shape[0] == 0:
-        raise ValueError(f"expected images [N>0, H, W, 3], got {arr.shape}")
     if ncols < 1 or pad < 0:
         raise ValueError(f"need ncols >= 1 and pad >= 0, got ncols={ncols}, pad={pad}")
-    tiles = arr if arr.dtype == np.uint8 else to_uint8(arr)
-    n, h, w, _ = tiles.shape
+    tiles = _tiles(images)
+    n, h, w, c = tiles.shape
     ncols = min(ncols, n)
     nrows = -(-n // ncols)
     grid = np.full(
-        (nrows * h + (nrows - 1) * pad, ncols * w + (ncols - 1) * pad, 3), pad_value, np.uint8
+        (nrows * h + (nrows - 1) * pad, ncols * w + (ncols - 1) * pad, c), pad_value, np.uint8
     )
     for i, tile in enumerate(tiles):
-        r, c = divmod(i, ncols)
-        grid[r * (h + pad) : r * (h + pad) + h, c * (w + pad) : c * (w + pad) + w] = tile
+        r, col = divmod(i, ncols)
+        grid[r * (h + pad) : r * (h + pad) + h, col * (w + pad) : col * (w + pad) + w] = tile
     return grid
 
 
 def save_grid(
     images: Any, path: str | os.PathLike, ncols: int = 8, *, pad: int = 2, pad_value: int = 255
 ) -> None:
-    """Write `image_grid(images, ncols, pad=pad, pad_value=pad_value)` as a PNG."""
+    """Write `image_grid(images, ncols, pad=pad, pad_value=pad_value)` as a PNG (grey or RGB)."""
     save_png(image_grid(images, ncols, pad=pad, pad_value=pad_value), path)

@@ -3,8 +3,11 @@
     llmcxr-jax evaluate --checkpoint run/stage2 --vqgan run/vqgan/model \\
         --classifier run/vqgan/classifier --dataset cxr_phantoms/64 --data-dir DIR --split test
 
-Writes `results.json`, `results.md` (the tables, the paper's published rows beside ours) and
-`samples.png` (real films above the films generated from their reports) to `--out`.
+Writes `results.json`, `results.md` (the tables, the paper's published rows beside ours),
+`samples.png` (real films above the films generated from their reports), `recon.png` (real
+films above their VQ-GAN reconstructions), `reports.jsonl` (reference, sampled and greedy
+reports) and `probabilities.jsonl` (p(yes) per film and class) to `--out`;
+`summary_lines(results)` gives the figures as plain-text lines.
 
 How the numbers are formed (the original never said; these are our definitions):
 
@@ -13,9 +16,24 @@ How the numbers are formed (the original never said; these are our definitions):
   (`data/labeler.py`), and the 14 observations are reduced to the paper's six classes
   (Consolidation/Pneumonia merged). Positive = 1; negative, absent and, by default, uncertain
   = 0 (`uncertain_positive=True` counts "uncertain" as positive, CheXpert's U-Ones).
-- CXR-to-report: for each test image, `k` reports are sampled (top-p 0.92, LLM-CXR's
-  setting), each labelled the same way. AUROC score of class c = the fraction of the k reports
-  that state c (k = 1 gives a 0/1 score). F1 prediction = that fraction is at least 0.5.
+- CXR-to-report, two scores. An AUROC needs a score per (film, class), and a generator gives
+  text, so the score has to be made from the model's outputs:
+  - `cxr_to_report` (the paper's kind): for each test film `k` reports are sampled (top-p
+    0.92, LLM-CXR's setting) and labelled like the references; the score of class c = the
+    fraction of the k reports that state c (k = 1 gives a 0/1 score). It varies with the seed
+    and moves in steps of 1/k.
+  - `cxr_to_report_prob` (deterministic, low variance): the model's own probability of
+    stating each finding given the film. For each film and class the model is asked the VQA
+    presence question of the training data (`PRESENCE_QUESTIONS`: the first `vqa.PRESENCE`
+    template with the class's first `vqa.FINDINGS` phrase; for No Finding the first
+    `vqa.NORMAL` question, "Is this chest X-ray normal?", whose "yes" means normal), and the
+    score is p(yes) / (p(yes) + p(no)) from the next-token distribution after the prompt (one
+    forward pass, no sampling; `Generator.answer_probabilities`). "yes" and "no" stand for the
+    first token of each answer as it appears in a training paragraph
+    (`Generator.answer_token_ids`).
+  Either way the F1 prediction is score >= 0.5.
+- Greedy reports: one extra greedy report per film; `greedy_exact_match` is the fraction of
+  films whose six 0/1 labels all equal the reference's.
 - Report-to-CXR: for each test report, `k` films are generated (exactly h*w codes each) and
   decoded by the VQ-GAN; the CXR classifier's sigmoid outputs, averaged over the k films, are
   the AUROC scores; F1 prediction = score >= 0.5. The same classifier on the real test films
@@ -24,11 +42,40 @@ How the numbers are formed (the original never said; these are our definitions):
   (exact matrix square root by eigendecomposition, `eval/metrics.py`).
 - VQA: questions synthesised from each test record's labels (`data/vqa.py`), answered
   greedily; accuracy after answer normalisation, overall and per category.
+- VQ-GAN reconstructions (`reconstruction`, with a VQ-GAN and films stored in the records):
+  PSNR = 10 log10(2^2 / MSE) on the [-1, 1] scale per film (the channel mean of the real film
+  where the VQ-GAN is grey), averaged over films; and "clinical information kept": the
+  classifier's AUROC on the reconstructions over its AUROC on the real films (micro, macro).
+
+Intervals: every figure has a seeded 95% percentile-bootstrap interval over test items
+(`metrics.bootstrap_ci`: items resampled with replacement, `bootstrap` resamples, 1,000 by
+default, seeded by `seed`; resamples where a figure is undefined, e.g. an AUROC with one label
+only, are dropped). All figures over the same items are computed on the same resamples. FID
+is costly (two eigendecompositions per resample) and uses at most `FID_BOOTSTRAP` (200)
+resamples, generated and real films of an item resampled together. VQA resamples questions
+(several come from one film, so its interval is somewhat narrow). Keys `<figure>_ci95` hold
+[lo, hi] beside each figure. A percentile interval need not contain its point estimate where
+the statistic is biased under resampling or moves in jumps (F1, whose class supports change
+from resample to resample; FID, whose small-sample bias grows when a resample repeats items).
+
+Controls (`mismatched`): with a derangement d of the test items (`metrics.derangement`: a
+seeded permutation with no fixed point), the outputs made from item d[i]'s input are scored
+against item i's labels. This is the evaluation of the model with each test item's input
+swapped for another's (film codes for CXR-to-report, report for report-to-CXR): an output
+depends on nothing but its input and the sampling noise, so what the model said given d[i]'s
+input is what it says when item i's input is replaced by d[i]'s: the same value for greedy
+decoding and p(yes), a draw from the same distribution when sampling. No extra generation is
+needed, and the control uses the same outputs as the real figure. A model that reads its
+input falls to about chance (AUROC 0.5) there; a real figure no better than its control means
+the outputs do not depend on the input (e.g. a model that learnt only the label prevalence).
+(Where several test items share one film or report, a swap may keep the input; our test
+splits hold one film per item.)
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -44,6 +91,29 @@ from llmcxr_jax.data import images as image_io
 from llmcxr_jax.data import labeler, reports, vqa
 from llmcxr_jax.eval import metrics
 from llmcxr_jax.generate import LLMCXR_SAMPLER, Generator
+
+FID_BOOTSTRAP = 200  # resamples for the FID interval (each costs two eigendecompositions)
+LEVEL = 0.95  # the intervals' coverage (the `_ci95` keys)
+ANSWERS = ("yes", "no")
+MIN_MSE = 1e-10  # PSNR of a film reconstructed exactly: 10 log10(4 / 1e-10) = 106 dB, not inf
+
+
+def _presence_questions() -> dict[str, str]:
+    """Paper class -> the training data's presence question for it (first template)."""
+    out = {}
+    for cls in metrics.PAPER_CLASSES:
+        if cls == "No Finding":
+            q = vqa.NORMAL[0]
+            if "normal" not in q.lower() or "abnormality" in q.lower():
+                raise AssertionError(f"{q!r}: 'yes' must mean normal")
+        else:
+            phrase = next(p for p, c in vqa.FINDINGS.values() if c == cls)
+            q = vqa.PRESENCE[0].format(f=phrase)
+        out[cls] = q
+    return out
+
+
+PRESENCE_QUESTIONS: dict[str, str] = _presence_questions()
 
 
 def binary_labels(texts: Sequence[str], uncertain_positive: bool = False) -> np.ndarray:
@@ -64,6 +134,13 @@ def report_scores(
     ).astype(np.float64)
 
 
+def yes_scores(probabilities: Sequence[np.ndarray]) -> np.ndarray:
+    """[p(yes), p(no)] per question -> p(yes) / (p(yes) + p(no)) (0.5 where both are 0)."""
+    p = np.asarray(probabilities, dtype=np.float64).reshape(-1, 2)
+    total = p.sum(axis=1)
+    return np.where(total > 0, p[:, 0] / np.where(total > 0, total, 1.0), 0.5)
+
+
 @nnx.jit
 def _classify(classifier: Any, pixels: jax.Array) -> tuple[jax.Array, jax.Array]:
     from llmcxr_jax.models import densenet
@@ -75,7 +152,7 @@ def _classify(classifier: Any, pixels: jax.Array) -> tuple[jax.Array, jax.Array]
 
 
 def classify(classifier: Any, pixels: np.ndarray, batch_size: int = 32) -> tuple[Any, Any]:
-    """Films [N, H, W, 3] in [-1, 1] -> (probabilities [N, classes], pooled features)."""
+    """Films [N, H, W, C] in [-1, 1] -> (probabilities [N, classes], pooled features)."""
     probs, feats = [], []
     for s in range(0, len(pixels), batch_size):
         chunk = pixels[s : s + batch_size]
@@ -94,6 +171,35 @@ def _scored(y_true: np.ndarray, scores: np.ndarray) -> dict[str, Any]:
         "f1": metrics.multilabel_f1(y_true, (scores >= 0.5).astype(np.int8)),
         "prevalence": dict(zip(metrics.PAPER_CLASSES, y_true.mean(0).tolist(), strict=True)),
     }
+
+
+def _add_ci(res: dict[str, Any], y_true: np.ndarray, scores: np.ndarray, num: int, seed: int):
+    """auroc_ci95 / f1_ci95 ({average: [lo, hi]}) beside a `_scored` result (num 0: none)."""
+    if num and len(y_true):
+        ci = metrics.multilabel_ci(
+            y_true, scores, (scores >= 0.5).astype(np.int8), num=num, seed=seed, level=LEVEL
+        )
+        res["auroc_ci95"], res["f1_ci95"] = ci["auroc"], ci["f1"]
+    return res
+
+
+def scored_with_controls(
+    y_true: np.ndarray, scores: np.ndarray, *, bootstrap: int = 1000, seed: int = 0
+) -> dict[str, Any]:
+    """`_scored` with bootstrap intervals and the mismatched-input control (`mismatched`:
+    item i's labels against the scores of item d[i], d = metrics.derangement(n, seed))."""
+    res = _add_ci(_scored(y_true, scores), y_true, scores, bootstrap, seed)
+    if len(y_true) >= 2:
+        d = metrics.derangement(len(y_true), seed)
+        res["mismatched"] = _add_ci(_scored(y_true, scores[d]), y_true, scores[d], bootstrap, seed)
+    return res
+
+
+def _interval(stat: Any, arrays: Any, num: int, seed: int) -> list[float] | None:
+    n = len(arrays[0]) if isinstance(arrays, (list, tuple)) else len(arrays)
+    if not num or n == 0:
+        return None
+    return list(metrics.bootstrap_ci(stat, arrays, num=num, seed=seed, level=LEVEL))
 
 
 def _record_text(record: dict[str, Any], stage: int) -> str | None:
@@ -121,10 +227,21 @@ def evaluate(
     uncertain_positive: bool = False,
     title: str = "ours",
     progress: bool = True,
+    bootstrap: int = 1000,
+    probability_score: bool = True,
+    greedy_reports: bool = True,
 ) -> dict[str, Any]:
-    """Run the three evaluations on `records` (a data source with codes); write the outputs."""
+    """Run the evaluations on `records` (a data source with codes); write the outputs.
+
+    `bootstrap`: resamples for the 95% intervals (0: none; FID uses at most `FID_BOOTSTRAP`),
+    seeded by `seed` like the controls. `probability_score`: also the deterministic
+    CXR-to-report score (p(yes) to the presence questions); `greedy_reports`: one extra greedy
+    report per film for the label exact-match rate. See the module docstring.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    bootstrap = max(int(bootstrap), 0)
+    fid_num = min(bootstrap, FID_BOOTSTRAP)
     n = len(records) if not max_items else min(max_items, len(records))
     items, skipped = [], {"no_text": 0, "bad_codes": 0}
     for i in range(n):
@@ -154,13 +271,17 @@ def evaluate(
             "sampler": {"top_p": sampler.top_p, "temperature": sampler.temperature},
             "seed": seed,
             "uncertain_positive": uncertain_positive,
+            "bootstrap": {"resamples": bootstrap, "fid_resamples": fid_num, "level": LEVEL},
+            "probability_score": probability_score,
+            "greedy_reports": greedy_reports,
         },
     }
 
-    # CXR-to-report
+    # CXR-to-report, the paper's score: the fraction of k sampled reports stating each class
     names = [it["id"] for it in items]
+    all_codes = [it["codes"] for it in items]
     gen_reports = gen.reports(
-        [it["codes"] for it in items],
+        all_codes,
         sampler=sampler,
         seed=seed,
         num_samples=num_reports,
@@ -170,13 +291,101 @@ def evaluate(
     )
     ok = gen_reports.ok
     per_image = [gen_reports.values[i] if num_reports > 1 else [gen_reports.values[i]] for i in ok]
-    scores = report_scores(per_image, uncertain_positive)
-    results["cxr_to_report"] = _scored(y_true[ok], scores)
-    results["cxr_to_report"]["failures"] = [str(f) for f in gen_reports.failures]
+    c2r: dict[str, Any] = {}
+    if ok:
+        scores = report_scores(per_image, uncertain_positive)
+        c2r = scored_with_controls(y_true[ok], scores, bootstrap=bootstrap, seed=seed)
+    c2r["failures"] = [str(f) for f in gen_reports.failures]
+    results["cxr_to_report"] = c2r
+
+    greedy: list[str | None] = [None] * len(items)
+    if greedy_reports:
+        got = gen.reports(
+            all_codes,
+            sampler=decode.GREEDY,
+            seed=seed,
+            max_new_tokens=max_report_tokens,
+            names=names,
+            progress=progress,
+        )
+        greedy = list(got.values)
+        gok = got.ok
+        if gok:
+            labels = binary_labels([greedy[i] for i in gok], uncertain_positive)
+            exact = (labels == y_true[gok]).all(axis=1).astype(np.float64)
+            c2r["greedy_exact_match"] = float(exact.mean())
+            c2r["greedy_exact_match_ci95"] = _interval(np.mean, exact, bootstrap, seed)
+            c2r["greedy_count"] = len(gok)
+        c2r["greedy_failures"] = [str(f) for f in got.failures]
     with open(out / "reports.jsonl", "w", encoding="utf-8") as f:
         for j, i in enumerate(ok):
-            row = {"id": names[i], "reference": items[i]["text"], "generated": per_image[j]}
+            row = {
+                "id": names[i],
+                "reference": items[i]["text"],
+                "generated": per_image[j],
+                "greedy": greedy[i],
+            }
             f.write(json.dumps(row) + "\n")
+
+    # CXR-to-report, deterministic: the model's p(yes) to each class's presence question
+    if probability_score:
+        questions = [PRESENCE_QUESTIONS[c] for c in metrics.PAPER_CLASSES]
+        C = len(questions)
+        got = gen.answer_probabilities(
+            [c for c in all_codes for _ in questions],
+            questions * len(items),
+            ANSWERS,
+            names=[f"{name}: {q}" for name in names for q in questions],
+            progress=progress,
+        )
+        okp = [
+            i for i in range(len(items)) if all(got.values[i * C + c] is not None for c in range(C))
+        ]
+        prob: dict[str, Any] = {}
+        if okp:
+            p_yes = np.stack([yes_scores(got.values[i * C : (i + 1) * C]) for i in okp])
+            prob = scored_with_controls(y_true[okp], p_yes, bootstrap=bootstrap, seed=seed)
+            ids = gen.answer_token_ids(questions[0], ANSWERS)
+            prob["answer_tokens"] = {
+                a: {"id": t, "text": gen.tokenizer.decode_text([t])}
+                for a, t in zip(ANSWERS, ids, strict=True)
+            }
+        prob["questions"] = dict(zip(metrics.PAPER_CLASSES, questions, strict=True))
+        prob["failures"] = [str(f) for f in got.failures]
+        results["cxr_to_report_prob"] = prob
+        with open(out / "probabilities.jsonl", "w", encoding="utf-8") as f:
+            for j, i in enumerate(okp):
+                row = dict(zip(metrics.PAPER_CLASSES, p_yes[j].tolist(), strict=True))
+                f.write(json.dumps({"id": names[i], "p_yes": row}) + "\n")
+
+    # The films: real ones (stored pixels), VQ-GAN reconstructions, and their classification
+    real_all = real_probs_all = real_feats_all = None
+    if gen.vqgan is not None:
+        recon_all = gen.decode(np.stack(all_codes))  # [N, H, W, C]
+        stored = [_stored_film(records[it["record"]], gen) for it in items]
+        rec_idx = [i for i, film in enumerate(stored) if film is not None]
+        stand_in = _as_rgb(recon_all)  # the real film where a record holds no pixels
+        real_all = np.stack([stand_in[i] if s is None else s for i, s in enumerate(stored)])
+        rec: dict[str, Any] = {"films": len(rec_idx), "no_pixels": len(items) - len(rec_idx)}
+        if rec_idx:
+            real, recon = _same_channels(real_all[rec_idx], recon_all[rec_idx])
+            psnr = psnr_per_film(real, recon)
+            rec["psnr"] = float(psnr.mean())
+            rec["psnr_ci95"] = _interval(np.mean, psnr, bootstrap, seed)
+            k = min(8, len(rec_idx))
+            image_io.save_grid(np.concatenate([real[:k], recon[:k]]), out / "recon.png", ncols=k)
+        if classifier is not None:
+            real_probs_all, real_feats_all = classify(classifier, real_all)
+            if rec_idx:
+                rec_probs, _ = classify(classifier, recon_all[rec_idx])
+                y = y_true[rec_idx]
+                rp = real_probs_all[rec_idx]
+                rec["real_films"] = _add_ci(_scored(y, rp), y, rp, bootstrap, seed)
+                rec["reconstructions"] = _add_ci(
+                    _scored(y, rec_probs), y, rec_probs, bootstrap, seed
+                )
+                rec.update(_kept(y, rp, rec_probs, bootstrap, seed))
+        results["reconstruction"] = rec
 
     # Report-to-CXR
     if classifier is not None and gen.vqgan is not None:
@@ -189,24 +398,31 @@ def evaluate(
             progress=progress,
         )
         ok_i = gen_images.ok
-        codes = np.stack([gen_images.values[i] for i in ok_i]).reshape(
-            len(ok_i), num_images, gen.num_codes
-        )
-        pixels = gen.decode(codes)  # [N, k, H, W, 3]
-        flat = pixels.reshape(-1, *pixels.shape[2:])
-        probs, feats = classify(classifier, flat)
-        probs = probs.reshape(len(ok_i), num_images, -1).mean(axis=1)
-        real = np.stack([_real_film(records[items[i]["record"]], gen) for i in ok_i])
-        real_probs, real_feats = classify(classifier, real)
-        r2c = _scored(y_true[ok_i], probs)
-        r2c["fid"] = metrics.fid_from_features(feats.astype(np.float64), real_feats)
-        r2c["real_films"] = _scored(y_true[ok_i], real_probs)
+        r2c: dict[str, Any] = {}
+        if ok_i:
+            codes = np.stack([gen_images.values[i] for i in ok_i]).reshape(
+                len(ok_i), num_images, gen.num_codes
+            )
+            pixels = gen.decode(codes)  # [N, k, H, W, C]
+            flat = pixels.reshape(-1, *pixels.shape[2:])
+            probs, feats = classify(classifier, flat)
+            probs = probs.reshape(len(ok_i), num_images, -1).mean(axis=1)
+            real = real_all[ok_i]
+            real_probs, real_feats = real_probs_all[ok_i], real_feats_all[ok_i]
+            y = y_true[ok_i]
+            r2c = scored_with_controls(y, probs, bootstrap=bootstrap, seed=seed)
+            feats = feats.astype(np.float64).reshape(len(ok_i), num_images, -1)
+            real_feats = real_feats.astype(np.float64)
+            if len(ok_i) >= 2:
+                r2c["fid"] = _fid(feats, real_feats)
+                r2c["fid_ci95"] = _interval(_fid, [feats, real_feats], fid_num, seed)
+            r2c["real_films"] = _add_ci(_scored(y, real_probs), y, real_probs, bootstrap, seed)
+            np.save(out / "generated_codes.npy", codes)
+            k = min(8, len(ok_i))
+            grid = np.concatenate(_same_channels(real[:k], pixels[:k, 0]))
+            image_io.save_grid(grid, out / "samples.png", ncols=k)
         r2c["failures"] = [str(f) for f in gen_images.failures]
         results["report_to_cxr"] = r2c
-        np.save(out / "generated_codes.npy", codes)
-        k = min(8, len(ok_i))
-        grid = np.concatenate([real[:k], pixels[:k, 0]])
-        image_io.save_grid(grid, out / "samples.png", ncols=k)
 
     # VQA
     if vqa_questions:
@@ -224,22 +440,89 @@ def evaluate(
         if qs:
             got = gen.answers(img, qs, seed=seed, progress=progress)
             keep = got.ok
-            results["vqa"] = metrics.vqa_accuracy(
-                [got.values[i] for i in keep], [ans[i] for i in keep], [cats[i] for i in keep]
-            )
+            preds, refs = [got.values[i] for i in keep], [ans[i] for i in keep]
+            v = metrics.vqa_accuracy(preds, refs, [cats[i] for i in keep])
+            if keep:
+                hits = metrics.vqa_hits(preds, refs).astype(np.float64)
+                v["overall_ci95"] = _interval(np.mean, hits, bootstrap, seed)
+            results["vqa"] = v
 
     (out / "results.json").write_text(json.dumps(results, indent=2, default=_jsonable))
     (out / "results.md").write_text(markdown(results, title))
     return results
 
 
-def _real_film(record: dict[str, Any], gen: Generator) -> np.ndarray:
+def _fid(gen_feats: np.ndarray, real_feats: np.ndarray) -> float:
+    """FID between generated [N, k, D] and real [N, D] features (k films per item)."""
+    return metrics.fid_from_features(gen_feats.reshape(-1, gen_feats.shape[-1]), real_feats)
+
+
+def _kept(y: np.ndarray, real: np.ndarray, recon: np.ndarray, num: int, seed: int) -> dict:
+    """Classifier AUROC on reconstructions over on the real films (micro, macro), and its
+    interval from the same resamples for both (`kept_ci95`)."""
+    a_real = metrics.multilabel_auroc(y, real)
+    a_rec = metrics.multilabel_auroc(y, recon)
+    out: dict[str, Any] = {"kept": {}}
+    for avg in ("micro", "macro"):
+        den = a_real[avg]
+        out["kept"][avg] = a_rec[avg] / den if den and not math.isnan(den) else float("nan")
+    if num:
+        counts = metrics.bootstrap_counts(len(y), num, seed)
+        br = metrics.multilabel_bootstrap(y, real, counts=counts)["auroc"]
+        bc = metrics.multilabel_bootstrap(y, recon, counts=counts)["auroc"]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out["kept_ci95"] = {
+                avg: list(metrics.percentile_interval(bc[avg] / br[avg], LEVEL))
+                for avg in ("micro", "macro")
+            }
+    return out
+
+
+def psnr_per_film(real: np.ndarray, recon: np.ndarray) -> np.ndarray:
+    """[N] PSNR in dB of films in [-1, 1] (peak-to-peak 2): 10 log10(2^2 / MSE), MSE floored at
+    `MIN_MSE`; both [N, H, W, C] with the same channels (`_same_channels`)."""
+    a = np.asarray(real, np.float64)
+    b = np.asarray(recon, np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"real {a.shape} and reconstructed {b.shape} films differ in shape")
+    mse = ((a - b) ** 2).reshape(len(a), -1).mean(axis=1)
+    return 10.0 * np.log10(4.0 / np.maximum(mse, MIN_MSE))
+
+
+def _same_channels(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Two image stacks [..., C] with the same channel count: grey (channel mean, C = 1) if
+    either is grey (a grey VQ-GAN's output beside grey-replicated RGB films)."""
+    if a.shape[-1] == b.shape[-1]:
+        return a, b
+    if a.shape[-1] == 1 or b.shape[-1] == 1:
+        return a.mean(axis=-1, keepdims=True), b.mean(axis=-1, keepdims=True)
+    raise ValueError(f"cannot match {a.shape[-1]} and {b.shape[-1]} channels")
+
+
+def _as_rgb(x: np.ndarray) -> np.ndarray:
+    """Grey [..., 1] replicated to [..., 3] (as films load); RGB as is."""
+    return np.repeat(x, 3, axis=-1) if x.shape[-1] == 1 else x
+
+
+def _stored_film(record: dict[str, Any], gen: Generator) -> np.ndarray | None:
+    """The record's own film [H, W, 3] in [-1, 1], or None where it holds no readable pixels."""
     img = record.get("image")
     rid = record["id"].decode() if isinstance(record["id"], bytes) else str(record["id"])
     if isinstance(img, (bytes, bytearray)) and img:
-        return image_io.load_cxr(img, gen.resolution, name=rid)
-    # no stored pixels (e.g. a paths-only builder): the VQ-GAN reconstruction stands in
-    return gen.decode(np.asarray(record["codes"])[None])[0]
+        try:
+            return image_io.load_cxr(img, gen.resolution, name=rid)
+        except (ValueError, OSError):
+            return None
+    return None
+
+
+def _real_film(record: dict[str, Any], gen: Generator) -> np.ndarray:
+    """The record's film, or (no stored pixels, e.g. a paths-only builder) its VQ-GAN
+    reconstruction standing in."""
+    film = _stored_film(record, gen)
+    if film is not None:
+        return film
+    return _as_rgb(gen.decode(np.asarray(record["codes"])[None])[0])
 
 
 def _jsonable(x: Any) -> Any:
@@ -250,39 +533,108 @@ def _jsonable(x: Any) -> Any:
     return str(x)
 
 
+# --------------------------------------------------------------------------------------------
+# Reports of the results
+# --------------------------------------------------------------------------------------------
+
+MISMATCHED = "mismatched inputs (control)"
+PROB_ROW = "model's p(yes) to the presence question (deterministic)"
+
+
+def _rows(rows: dict[str, Any]) -> dict[str, Any]:
+    """Table rows that exist (results hold auroc)."""
+    return {k: v for k, v in rows.items() if v and "auroc" in v}
+
+
 def markdown(results: dict[str, Any], title: str = "ours") -> str:
-    """The evaluation as Markdown: the paper-layout tables, per-class detail, FID and VQA."""
+    """The evaluation as Markdown: the paper-layout tables with intervals and controls,
+    per-class detail, FID, the reconstructions and VQA."""
+    fmt = metrics.fmt_ci
     lines = [f"# Evaluation ({results['num_items']} test items)", ""]
-    c2r = results.get("cxr_to_report")
-    if c2r:
-        k = results["settings"]["num_reports"]
+    boot = results["settings"].get("bootstrap", {})
+    if boot.get("resamples"):
         lines += [
-            metrics.markdown_table(
-                {title: c2r}, f"CXR-to-report (AUROC score: fraction of {k} sampled reports)"
-            ),
-            "",
-            metrics.per_class_table(c2r),
+            f"Figures: value [95% interval], percentile bootstrap over test items "
+            f"({boot['resamples']} resamples, seed {results['settings']['seed']}; FID "
+            f"{boot['fid_resamples']}). Controls: each item's input swapped for another test "
+            f"item's (a derangement); a model that reads its input falls to about chance there.",
             "",
         ]
-    r2c = results.get("report_to_cxr")
-    if r2c:
+    c2r = results.get("cxr_to_report") or {}
+    prob = results.get("cxr_to_report_prob") or {}
+    if "auroc" in c2r or "auroc" in prob:
+        k = results["settings"]["num_reports"]
+        rows = _rows(
+            {
+                f"{title}: fraction of {k} sampled reports": c2r,
+                f"{title}: {PROB_ROW}": prob,
+                f"sampled reports, {MISMATCHED}": c2r.get("mismatched"),
+                f"p(yes), {MISMATCHED}": prob.get("mismatched"),
+            }
+        )
+        lines += [metrics.markdown_table(rows, "CXR-to-report"), ""]
+        if "auroc" in c2r:
+            lines += [f"Per class, {k} sampled reports:", "", metrics.per_class_table(c2r), ""]
+        if "auroc" in prob:
+            lines += ["Per class, p(yes):", "", metrics.per_class_table(prob), ""]
+            qs = "; ".join(f'{c}: "{q}"' for c, q in prob["questions"].items())
+            lines += [f"Presence questions: {qs}", ""]
+        if c2r.get("greedy_exact_match") is not None:
+            em = fmt(c2r["greedy_exact_match"], c2r.get("greedy_exact_match_ci95"))
+            lines += [
+                f"Greedy reports whose six labels all equal the reference's: {em} "
+                f"({c2r['greedy_count']} films)",
+                "",
+            ]
+    r2c = results.get("report_to_cxr") or {}
+    if "auroc" in r2c:
+        rows = _rows(
+            {
+                title: r2c,
+                MISMATCHED: r2c.get("mismatched"),
+                "CXR classifier on the real films (ceiling)": r2c.get("real_films"),
+            }
+        )
         lines += [
-            metrics.markdown_table(
-                {title: r2c, "CXR classifier on the real films (ceiling)": r2c["real_films"]},
-                "Report-to-CXR (CXR classifier on generated films)",
-            ),
+            metrics.markdown_table(rows, "Report-to-CXR (CXR classifier on generated films)"),
             "",
             metrics.per_class_table(r2c),
             "",
-            f"FID (classifier features, generated vs real): {r2c['fid']:.3f} "
-            f"(LLM-CXR published on MIMIC-CXR: {metrics.PAPER_FID['LLM-CXR']})",
+        ]
+        if "fid" in r2c:
+            lines += [
+                f"FID (classifier features, generated vs real): "
+                f"{fmt(r2c['fid'], r2c.get('fid_ci95'))} "
+                f"(LLM-CXR published on MIMIC-CXR: {metrics.PAPER_FID['LLM-CXR']})",
+                "",
+            ]
+    rec = results.get("reconstruction") or {}
+    if "psnr" in rec:
+        lines += [
+            f"### VQ-GAN reconstructions of the test films ({rec['films']} films)",
+            "",
+            f"PSNR: {fmt(rec['psnr'], rec.get('psnr_ci95'), '{:.2f}')} dB",
             "",
         ]
+        if "kept" in rec:
+            lines += ["| Films | AUROC micro | AUROC macro |", "|---|---:|---:|"]
+            for name, key in (("real", "real_films"), ("reconstructed", "reconstructions")):
+                a, ci = rec[key]["auroc"], rec[key].get("auroc_ci95", {})
+                lines.append(
+                    f"| {name} | {fmt(a['micro'], ci.get('micro'))} | "
+                    f"{fmt(a['macro'], ci.get('macro'))} |"
+                )
+            kept, ci = rec["kept"], rec.get("kept_ci95", {})
+            lines.append(
+                f"| kept (reconstructed / real) | {fmt(kept['micro'], ci.get('micro'))} | "
+                f"{fmt(kept['macro'], ci.get('macro'))} |"
+            )
+            lines.append("")
     v = results.get("vqa")
     if v:
         lines += [
-            f"VQA accuracy: {v['overall']:.3f} over {v['count']} questions "
-            f"(LLM-CXR published on MIMIC-CXR: {metrics.PAPER_VQA['LLM-CXR']:.3f})",
+            f"VQA accuracy: {fmt(v['overall'], v.get('overall_ci95'))} over {v['count']} "
+            f"questions (LLM-CXR published on MIMIC-CXR: {metrics.PAPER_VQA['LLM-CXR']:.3f})",
             "",
             "| Category | Accuracy | Questions |",
             "|---|---:|---:|",
@@ -295,3 +647,78 @@ def markdown(results: dict[str, Any], title: str = "ours") -> str:
         "evaluated here, so they are not directly comparable."
     )
     return "\n".join(lines) + "\n"
+
+
+def _averages(res: dict[str, Any], metric: str) -> str:
+    ci = res.get(f"{metric}_ci95") or {}
+    return ", ".join(
+        f"{a} {metrics.fmt_ci(res[metric].get(a), ci.get(a))}" for a in metrics.AVERAGES
+    )
+
+
+def summary_lines(results: dict[str, Any]) -> list[str]:
+    """The figures as plain-text lines, each with its 95% interval: both CXR-to-report scores,
+    report-to-CXR (with the real-films ceiling), their mismatched-input controls, FID, VQA and
+    the VQ-GAN reconstructions."""
+    fmt = metrics.fmt_ci
+    settings = results.get("settings", {})
+    lines: list[str] = []
+
+    def scored(name: str, res: dict[str, Any] | None, control: str) -> None:
+        if not res or "auroc" not in res:
+            return
+        lines.append(f"{name}: AUROC {_averages(res, 'auroc')}")
+        lines.append(f"{name}: F1 {_averages(res, 'f1')}")
+        mm = res.get("mismatched")
+        if mm:
+            ci = mm.get("auroc_ci95") or {}
+            lines.append(
+                f"  control, {control}: AUROC micro {fmt(mm['auroc']['micro'], ci.get('micro'))}"
+                f", macro {fmt(mm['auroc']['macro'], ci.get('macro'))}"
+            )
+
+    k = settings.get("num_reports", "k")
+    c2r = results.get("cxr_to_report") or {}
+    scored(f"CXR-to-report ({k} sampled reports)", c2r, "mismatched films")
+    scored(
+        "CXR-to-report (model's p(yes), deterministic)",
+        results.get("cxr_to_report_prob"),
+        "mismatched films",
+    )
+    if c2r.get("greedy_exact_match") is not None:
+        em = fmt(c2r["greedy_exact_match"], c2r.get("greedy_exact_match_ci95"))
+        lines.append(f"greedy reports, all six labels right: {em} ({c2r['greedy_count']} films)")
+    r2c = results.get("report_to_cxr") or {}
+    kimg = settings.get("num_images", "k")
+    scored(f"report-to-CXR ({kimg} generated films each)", r2c, "mismatched reports")
+    real = r2c.get("real_films")
+    if real and "auroc" in real:
+        lines.append(f"  classifier on the real films (ceiling): AUROC {_averages(real, 'auroc')}")
+    if "fid" in r2c:
+        lines.append(f"FID (classifier features): {fmt(r2c['fid'], r2c.get('fid_ci95'))}")
+    v = results.get("vqa")
+    if v:
+        lines.append(
+            f"VQA accuracy: {fmt(v['overall'], v.get('overall_ci95'))} over {v['count']} questions"
+        )
+    rec = results.get("reconstruction") or {}
+    if "psnr" in rec:
+        lines.append(
+            f"VQ-GAN reconstruction PSNR: {fmt(rec['psnr'], rec.get('psnr_ci95'), '{:.2f}')} dB "
+            f"over {rec['films']} films"
+        )
+    if "kept" in rec:
+        ci = rec.get("kept_ci95", {})
+        parts = []
+        for avg in ("micro", "macro"):
+            a_rec = rec["reconstructions"]["auroc"][avg]
+            a_real = rec["real_films"]["auroc"][avg]
+            parts.append(
+                f"{avg} {fmt(rec['kept'][avg], ci.get(avg))} "
+                f"({metrics.fmt_ci(a_rec)} / {metrics.fmt_ci(a_real)})"
+            )
+        lines.append(
+            "clinical information kept (classifier AUROC, reconstructions / real films): "
+            + ", ".join(parts)
+        )
+    return lines

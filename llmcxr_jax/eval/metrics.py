@@ -8,6 +8,9 @@
 - Report-to-CXR: FID (`frechet_distance`, `fid_from_features`) with an exact matrix square root.
 - VQA: exact-match accuracy after answer normalisation, overall and per category
   (`vqa_accuracy`).
+- Uncertainty: seeded percentile-bootstrap intervals over test items (`bootstrap_ci` for any
+  statistic; `multilabel_ci` computes the AUROC and F1 of all resamples at once), and
+  `derangement`, the item shuffle without fixed points behind the mismatched-input controls.
 
 `PAPER_ROWS`, `PAPER_FID` and `PAPER_VQA` are the figures published in the LLM-CXR paper on
 MIMIC-CXR, kept so our tables can show them next to ours; they are not computed here, and our
@@ -18,7 +21,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -243,6 +246,16 @@ def _answer_key(text: str) -> frozenset[str]:
     return frozenset(item for item in items if item)
 
 
+def vqa_hits(predictions: Sequence[str], answers: Sequence[str]) -> np.ndarray:
+    """[N] bool: whether each prediction matches its answer (`vqa_accuracy`'s rule)."""
+    if len(predictions) != len(answers):
+        raise ValueError(f"lengths differ: {len(predictions)} predictions, {len(answers)} answers")
+    return np.array(
+        [_answer_key(p) == _answer_key(a) for p, a in zip(predictions, answers, strict=True)],
+        dtype=bool,
+    )
+
+
 def vqa_accuracy(
     predictions: Sequence[str], answers: Sequence[str], categories: Sequence[str]
 ) -> dict[str, Any]:
@@ -258,9 +271,9 @@ def vqa_accuracy(
         )
     hits: dict[str, int] = {}
     counts: dict[str, int] = {}
-    for pred, ans, cat in zip(predictions, answers, categories, strict=True):
+    for hit, cat in zip(vqa_hits(predictions, answers), categories, strict=True):
         counts[cat] = counts.get(cat, 0) + 1
-        hits[cat] = hits.get(cat, 0) + int(_answer_key(pred) == _answer_key(ans))
+        hits[cat] = hits.get(cat, 0) + int(hit)
     n = len(predictions)
     return {
         "overall": sum(hits.values()) / n if n else float("nan"),
@@ -268,6 +281,177 @@ def vqa_accuracy(
         "count": n,
         "per_category_count": dict(counts),
     }
+
+
+# --- uncertainty ----------------------------------------------------------------------------------
+
+
+def bootstrap_indices(n: int, num: int, seed: int = 0) -> np.ndarray:
+    """[num, n] item indices drawn with replacement (resample r is the items idx[r]), seeded.
+
+    Every bootstrap here draws through this, so figures over the same items with the same seed
+    are computed on the same resamples (paired), whichever function computes them.
+    """
+    if n < 1 or num < 1:
+        raise ValueError(f"need n >= 1 items and num >= 1 resamples, got n={n}, num={num}")
+    return np.random.default_rng(seed).integers(0, n, size=(num, n))
+
+
+def bootstrap_counts(n: int, num: int, seed: int = 0) -> np.ndarray:
+    """[num, n] float64: how often each item occurs in each resample of `bootstrap_indices`."""
+    idx = bootstrap_indices(n, num, seed)
+    flat = (idx + n * np.arange(num)[:, None]).ravel()
+    return np.bincount(flat, minlength=num * n).reshape(num, n).astype(np.float64)
+
+
+def percentile_interval(values: Any, level: float = 0.95) -> tuple[float, float]:
+    """The central `level` interval of bootstrap values (percentiles (1 - level) / 2 and
+    (1 + level) / 2, linearly interpolated); nan values are dropped, (nan, nan) if none remain."""
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must lie in (0, 1), got {level}")
+    v = np.asarray(values, dtype=np.float64).reshape(-1)
+    v = v[~np.isnan(v)]
+    if v.size == 0:
+        return float("nan"), float("nan")
+    alpha = (1.0 - level) / 2.0
+    lo, hi = np.quantile(v, [alpha, 1.0 - alpha])
+    return float(lo), float(hi)
+
+
+def bootstrap_ci(
+    statistic: Callable[..., float],
+    arrays: np.ndarray | Sequence[Any],
+    *,
+    num: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> tuple[float, float]:
+    """Percentile-bootstrap interval of `statistic(*arrays)` over items (the first axis).
+
+    Each of `num` resamples draws n item indices with replacement (`bootstrap_indices`), takes
+    the same indices from every array (so paired arrays stay paired) and evaluates the
+    statistic; resamples where it is nan (e.g. AUROC with one label only) are dropped, and the
+    central `level` percentiles of the rest are returned as (lo, hi). A single array may be
+    passed as is.
+    """
+    arrs = (
+        [np.asarray(arrays)] if isinstance(arrays, np.ndarray) else [np.asarray(a) for a in arrays]
+    )
+    if not arrs:
+        raise ValueError("bootstrap_ci needs at least one array")
+    n = len(arrs[0])
+    if any(len(a) != n for a in arrs):
+        raise ValueError(f"arrays differ in length: {[len(a) for a in arrs]}")
+    values = [float(statistic(*(a[i] for a in arrs))) for i in bootstrap_indices(n, num, seed)]
+    return percentile_interval(values, level)
+
+
+def _resampled_auroc(y: np.ndarray, s: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """AUROC of one binary column under item weights w [R, m] (resample counts), for all R
+    resamples at once: ([R] AUROC, nan where one label is absent; [R] weight of positives).
+
+    A resample repeats item i w_i times, so its Mann-Whitney U is the weighted sum over
+    (positive, negative) pairs of [s_pos > s_neg] + [s_pos == s_neg] / 2: summed per tie group
+    of the sorted scores, O(R m) after one sort, exactly `roc_auc` of the resampled arrays.
+    """
+    order = np.argsort(s, kind="stable")
+    ss, ys, ws = s[order], y[order], w[:, order]
+    starts = np.flatnonzero(np.r_[True, ss[1:] != ss[:-1]])
+    pos = np.add.reduceat(ws * ys, starts, axis=1)
+    neg = np.add.reduceat(ws * ~ys, starts, axis=1)
+    neg_below = np.cumsum(neg, axis=1) - neg
+    u = (pos * (neg_below + 0.5 * neg)).sum(axis=1)
+    n_pos, n_neg = pos.sum(axis=1), neg.sum(axis=1)
+    defined = (n_pos > 0) & (n_neg > 0)
+    auc = np.where(defined, u / np.where(defined, n_pos * n_neg, 1.0), np.nan)
+    return auc, n_pos
+
+
+def multilabel_bootstrap(
+    y_true: np.ndarray,
+    scores: np.ndarray,
+    y_pred: np.ndarray | None = None,
+    *,
+    counts: np.ndarray,
+) -> dict[str, dict[str, np.ndarray]]:
+    """`multilabel_auroc` (and, given y_pred, `multilabel_f1`) of every resample at once.
+
+    counts [R, N] (from `bootstrap_counts`) says how often each item occurs in each resample.
+    Returns {"auroc": {average: [R]}, "f1": {average: [R]}}, values equal to those functions
+    applied to the resampled arrays (nan where an AUROC is undefined), vectorised over
+    resamples: 1,000 resamples of a few hundred items take well under a second.
+    """
+    y = _binary(y_true, "y_true")
+    s = np.asarray(scores, dtype=np.float64)
+    if y.ndim != 2 or y.shape != s.shape:
+        raise ValueError(f"expected y_true and scores [N, C], got {y.shape} and {s.shape}")
+    w = np.asarray(counts, dtype=np.float64)
+    if w.ndim != 2 or w.shape[1] != y.shape[0]:
+        raise ValueError(f"counts must be [R, {y.shape[0]}], got {w.shape}")
+    c = y.shape[1]
+    per, pos = zip(*(_resampled_auroc(y[:, k], s[:, k], w) for k in range(c)), strict=True)
+    per_a, pos_a = np.stack(per, axis=1), np.stack(pos, axis=1)
+    defined = ~np.isnan(per_a)
+    n_def = defined.sum(axis=1)
+    per0 = np.where(defined, per_a, 0.0)
+    posd = np.where(defined, pos_a, 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        macro = np.where(n_def > 0, per0.sum(axis=1) / np.maximum(n_def, 1), np.nan)
+        weighted = np.where(n_def > 0, (per0 * posd).sum(axis=1) / posd.sum(axis=1), np.nan)
+    micro, _ = _resampled_auroc(y.reshape(-1), s.reshape(-1), np.repeat(w, c, axis=1))
+    out: dict[str, dict[str, np.ndarray]] = {
+        "auroc": {"micro": micro, "macro": macro, "weighted": weighted}
+    }
+    if y_pred is not None:
+        p = _binary(np.asarray(y_pred), "y_pred")
+        if p.shape != y.shape:
+            raise ValueError(f"y_pred shape {p.shape} differs from y_true {y.shape}")
+        tp = w @ (y & p).astype(np.float64)
+        fp = w @ (~y & p).astype(np.float64)
+        fn = w @ (y & ~p).astype(np.float64)
+        f1 = _f1(tp, fp, fn)
+        support = w @ y.astype(np.float64)
+        total = support.sum(axis=1)
+        out["f1"] = {
+            "micro": _f1(tp.sum(axis=1), fp.sum(axis=1), fn.sum(axis=1)),
+            "macro": f1.mean(axis=1),
+            "weighted": np.where(total > 0, (f1 * support).sum(axis=1) / np.maximum(total, 1), 0.0),
+        }
+    return out
+
+
+def multilabel_ci(
+    y_true: np.ndarray,
+    scores: np.ndarray,
+    y_pred: np.ndarray | None = None,
+    *,
+    num: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict[str, dict[str, list[float]]]:
+    """Bootstrap intervals of the AUROC (and F1) averages: {"auroc": {average: [lo, hi]}, ...},
+    the same resamples as `bootstrap_ci` with this seed (`multilabel_bootstrap`)."""
+    counts = bootstrap_counts(len(y_true), num, seed)
+    values = multilabel_bootstrap(y_true, scores, y_pred, counts=counts)
+    return {
+        metric: {avg: list(percentile_interval(v, level)) for avg, v in by_avg.items()}
+        for metric, by_avg in values.items()
+    }
+
+
+def derangement(n: int, seed: int = 0) -> np.ndarray:
+    """A seeded permutation d of range(n) with no fixed point (d[i] != i for all i), n >= 2.
+
+    The items in a random order, each mapped to the next in that order and the last to the
+    first: one n-cycle, uniform over the (n - 1)! cyclic permutations (not over all
+    derangements, which a control does not need).
+    """
+    if n < 2:
+        raise ValueError(f"a derangement needs n >= 2 items, got {n}")
+    order = np.random.default_rng(seed).permutation(n)
+    d = np.empty(n, dtype=np.int64)
+    d[order] = np.roll(order, -1)
+    return d
 
 
 # --- tables ---------------------------------------------------------------------------------------
@@ -281,19 +465,34 @@ def _fmt(x: Any) -> str:
     return "n/a" if math.isnan(x) else f"{x:.3f}"
 
 
+def fmt_ci(x: Any, ci: Any = None, fmt: str = "{:.3f}") -> str:
+    """A figure and, where given and finite, its interval: `0.812 [0.781, 0.840]`."""
+    if x is None or (isinstance(x, (float, np.floating)) and math.isnan(x)):
+        return "n/a"
+    text = fmt.format(float(x))
+    if ci is not None and len(ci) == 2 and all(x is not None for x in ci):
+        lo, hi = (float(v) for v in ci)
+        if not (math.isnan(lo) or math.isnan(hi)):
+            text += f" [{fmt.format(lo)}, {fmt.format(hi)}]"
+    return text
+
+
 def markdown_table(
     ours: Mapping[str, Mapping[str, Mapping[str, Any]]], title: str, include_paper: bool = True
 ) -> str:
     """The paper's CXR-to-report table: our rows first, then the published MIMIC-CXR rows.
 
-    `ours` maps a row name to {"auroc": multilabel_auroc(...), "f1": multilabel_f1(...)}.
+    `ours` maps a row name to {"auroc": multilabel_auroc(...), "f1": multilabel_f1(...)} and,
+    optionally, "auroc_ci95" / "f1_ci95" ({average: [lo, hi]}), shown as `0.812 [0.781, 0.840]`.
     """
     header = ["Model"] + [f"{m} {a}" for m in ("AUROC", "F1") for a in AVERAGES]
     rows: list[list[str]] = []
     for name, res in ours.items():
-        rows.append(
-            [name] + [_fmt(res.get(k, {}).get(a)) for k in ("auroc", "f1") for a in AVERAGES]
-        )
+        cells = [name]
+        for k in ("auroc", "f1"):
+            ci = res.get(f"{k}_ci95") or {}
+            cells += [fmt_ci(res.get(k, {}).get(a), ci.get(a)) for a in AVERAGES]
+        rows.append(cells)
     if include_paper:
         for name, res in PAPER_ROWS.items():
             rows.append(

@@ -10,6 +10,11 @@ converter's table (convert/taming.py) is generated from the config.
 
 Codes are raster-ordered (row-major over the h x w latent grid): LLM-CXR's 256x256 images give
 16 x 16 = 256 codes, each in [0, n_embed).
+
+Channels: everything upstream hands over images [B, H, W, 3] in [-1, 1] (grey films replicated
+to RGB), and the model adapts them at its boundary (`to_channels`): a grey model
+(`in_channels=1`, the demo's) takes the channel mean, a 3-channel model (LLM-CXR's, for its
+released RGB weights) repeats a 1-channel input. `decode` returns `out_ch` channels.
 """
 
 from __future__ import annotations
@@ -89,9 +94,12 @@ class VQGANConfig:
 PRESETS: dict[str, VQGANConfig] = {
     # LLM-CXR: taming's f16 configuration, 1024 codes of dim 256, 16 x 16 codes at 256 x 256.
     "llmcxr-f16": VQGANConfig(),
-    # The demo's: 64 x 64 images, f8, 8 x 8 = 64 codes per image.
+    # The demo's: 64 x 64 grey images, f8, 8 x 8 = 64 codes per image. One channel: a
+    # radiograph is grey, and an RGB model's reconstructions of grey films drift in colour.
     "demo-f8": VQGANConfig(
         resolution=64,
+        in_channels=1,
+        out_ch=1,
         ch=32,
         ch_mult=(1, 1, 2, 2),
         num_res_blocks=1,
@@ -118,6 +126,26 @@ def get_preset(name: str, **overrides: Any) -> VQGANConfig:
     if name not in PRESETS:
         raise KeyError(f"unknown VQ-GAN preset {name!r}; known: {sorted(PRESETS)}")
     return PRESETS[name].replace(**overrides)
+
+
+def to_channels(images: Array, channels: int) -> Array:
+    """Images [..., C] as [..., channels]: the same, the channel mean (to 1), or repeated (from 1).
+
+    A chest X-ray is grey, so a colour input to a grey model is averaged to one channel, as the
+    classifier's `densenet.xrv_preprocess` does. The mean is computed as
+    `x[..., :1] + mean(x - x[..., :1])`: equal to it up to rounding, and exactly channel 0 for a
+    grey-replicated film, so such a film given as RGB or as one channel is the same input.
+    A 1-channel input to a 3-channel model is repeated. Other channel counts are an error.
+    """
+    c = images.shape[-1]
+    if c == channels:
+        return images
+    if channels == 1:
+        first = images[..., :1]
+        return first + jnp.mean(images - first, axis=-1, keepdims=True)
+    if c == 1:
+        return jnp.repeat(images, channels, axis=-1)
+    raise ValueError(f"cannot turn {c}-channel images into {channels}-channel ones")
 
 
 # --------------------------------------------------------------------------------------------
@@ -416,20 +444,24 @@ class VQGAN(nnx.Module):
             config.n_embed, config.embed_dim, config.beta, config.legacy, rngs
         )
 
+    def as_input(self, images: Array) -> Array:
+        """Images [B, H, W, C] (C = 3 or 1) as the encoder takes them (`to_channels`)."""
+        return to_channels(images, self.config.in_channels)
+
     def quantized(self, images: Array) -> Quantized:
-        """Images [B, H, W, 3] in [-1, 1] -> quantized latents, codes and codebook loss."""
-        return self.quantize(self.quant_conv(self.encoder(images)))
+        """Images [B, H, W, 3 or 1] in [-1, 1] -> quantized latents, codes and codebook loss."""
+        return self.quantize(self.quant_conv(self.encoder(self.as_input(images))))
 
     def encode(self, images: Array) -> Array:
-        """Images [B, H, W, 3] in [-1, 1] -> codes [B, h*w] int32 (raster order)."""
-        z = self.quant_conv(self.encoder(images))
+        """Images [B, H, W, 3 or 1] in [-1, 1] -> codes [B, h*w] int32 (raster order)."""
+        z = self.quant_conv(self.encoder(self.as_input(images)))
         return self.quantize.codes(z).reshape(z.shape[0], -1)
 
     def decode_latents(self, z_q: Array) -> Array:
         return self.decoder(self.post_quant_conv(z_q)).astype(jnp.float32)
 
     def decode(self, codes: Array) -> Array:
-        """Codes [B, h*w] -> images [B, H, W, 3] (not clipped: clip to [-1, 1] to display)."""
+        """Codes [B, h*w] -> images [B, H, W, out_ch] (not clipped: clip to [-1, 1] to display)."""
         n = self.config.latent_size
         if codes.shape[-1] != n * n:
             raise ValueError(f"expected {n * n} codes per image, got {codes.shape[-1]}")
@@ -437,6 +469,6 @@ class VQGAN(nnx.Module):
         return self.decode_latents(z_q.astype(jnp.dtype(self.config.dtype)))
 
     def __call__(self, images: Array) -> tuple[Array, Quantized]:
-        """Reconstruction and the quantizer's outputs (what training needs)."""
+        """Reconstruction [B, H, W, out_ch] and the quantizer's outputs (what training needs)."""
         q = self.quantized(images)
         return self.decode_latents(q.z_q), q

@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 from clu import metrics as clu_metrics
 from flax import nnx
 from tqdm.auto import tqdm
@@ -121,8 +122,16 @@ def load_tokenizer(
 def build_model(
     config: ml_collections.ConfigDict, tok: MultimodalTokenizer, mesh: jax.sharding.Mesh
 ) -> GPTNeoX:
+    """The LM to train, before any checkpoint of this run is restored over it.
+
+    From `init.checkpoint` (an imported LM), `init.params_from` (stage 2: a stage-1 run) or a
+    random model of `config.model`; grown to the tokenizer's vocabulary if smaller; with
+    `init.image_embeddings` ("codebook", "codebook_both"), the image-code embedding rows of a
+    run that starts fresh are then set from `init.vqgan`'s codebook (image_embeddings.py).
+    """
     init = config.init
     overrides = dict(config.get("model_overrides", {}) or {})
+    image_rows, codebook = _image_embedding_plan(init, tok)
     if init.get("params_from") or init.get("checkpoint"):
         if init.get("params_from"):  # stage 2: a stage-1 run's parameters, a fresh optimizer
             src = Path(init.params_from)
@@ -165,8 +174,53 @@ def build_model(
             f"{tok.num_image_codes} image codes)",
             flush=True,
         )
+    if image_rows:
+        from llmcxr_jax.image_embeddings import init_image_rows
+
+        # a checkpoint's text rows give the scale; a model from scratch has its initializer's
+        std = None if init.get("checkpoint") else model.config.initializer_range
+        model = init_image_rows(model, tok, codebook, seed=config.seed, rows=image_rows, std=std)
+        print(
+            f"image-token embeddings ({', '.join(image_rows)} rows {tok.text_vocab_size}.."
+            f"{tok.vocab_size - 1}) initialised from the codebook of {init.vqgan} "
+            f"({codebook.shape[0]} x {codebook.shape[1]} -> {model.config.hidden_size}, "
+            f"seed {config.seed})",
+            flush=True,
+        )
     graphdef, state = nnx.split(model)
     return nnx.merge(graphdef, sharding.shard_state(state, mesh))
+
+
+def _image_embedding_plan(
+    init: ml_collections.ConfigDict, tok: MultimodalTokenizer
+) -> tuple[tuple[str, ...], np.ndarray | None]:
+    """The tables `init.image_embeddings` asks to initialise and the codebook, checked early
+    (before a large LM is loaded). Nothing when `init.params_from` is set: stage 2 starts from
+    stage 1's trained rows."""
+    from llmcxr_jax import image_embeddings
+
+    rows = image_embeddings.rows_for_mode(init.get("image_embeddings", "") or "")
+    if not rows:
+        return (), None
+    if not init.get("vqgan"):
+        raise ValueError(
+            f"init.image_embeddings={init.image_embeddings!r} needs init.vqgan: the VQ-GAN "
+            "model checkpoint whose codebook encoded the data (train-vqgan's workdir/model)"
+        )
+    if init.get("params_from"):
+        print(
+            f"init.image_embeddings={init.image_embeddings!r} not applied: init.params_from "
+            "starts from trained embeddings",
+            flush=True,
+        )
+        return (), None
+    codebook = image_embeddings.load_codebook(init.vqgan)
+    if codebook.shape[0] != tok.num_image_codes:
+        raise ValueError(
+            f"init.vqgan {init.vqgan}: its codebook has {codebook.shape[0]} entries but the "
+            f"tokenizer has {tok.num_image_codes} image codes"
+        )
+    return rows, codebook
 
 
 def estimate_steps(
@@ -233,7 +287,11 @@ def _sample(
 def train(
     config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, progress: bool = True
 ) -> dict[str, float]:
-    """Train (or resume) in `workdir`; returns the last logged metrics."""
+    """Train (or resume) in `workdir`; returns the last logged metrics.
+
+    With `config.time_budget_s` the step count is set by the step time measured here (see
+    `_steps_for_budget`) instead of `epochs`/`steps`."""
+    t_train = time.time()
     if config.get("distributed"):
         jax.distributed.initialize()
     workdir = Path(workdir)
@@ -283,12 +341,16 @@ def train(
     rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     batch_sh = sharding.logical_sharding(mesh, ("activation_batch", None))
     loss_cfg = lm_step.LossConfig.from_config(config.loss)
-    step_fn = jax.jit(
-        lm_step.make_train_step(graphdef, tx, loss_cfg),
-        in_shardings=(state_sh, batch_sh, rep),
-        out_shardings=(state_sh, rep),
-        donate_argnums=(0,),
-    )
+
+    def jit_step(tx: optax.GradientTransformation) -> Any:
+        return jax.jit(
+            lm_step.make_train_step(graphdef, tx, loss_cfg),
+            in_shardings=(state_sh, batch_sh, rep),
+            out_shardings=(state_sh, rep),
+            donate_argnums=(0,),
+        )
+
+    step_fn = jit_step(tx)
     eval_fn = jax.jit(
         lm_step.make_eval_step(graphdef),
         in_shardings=(state_sh.params, batch_sh),
@@ -304,6 +366,11 @@ def train(
         start, state, extra = resumed
         batches.set_state(extra["data"])
         print(f"resumed from {ckpt.directory}/{start}", flush=True)
+    if config.get("time_budget_s"):
+        steps = _steps_for_budget(config, workdir, step_fn, state, batches, t_train)
+        if config.optim.get("decay") == "cosine":
+            config.optim.decay_steps = max(steps - int(config.optim.warmup_steps), 1)
+        step_fn = jit_step(optim.optimizer(config.optim))  # same state layout, new schedule
     writer = MetricWriter(workdir, enable_tensorboard=config.get("tensorboard", True))
     fpt, peak = flops_per_token(model.config, config.data.max_len), peak_flops()
     avg = None
@@ -379,6 +446,56 @@ def train(
     if drops:
         print(f"train: skipped (counted, not trained on): {drops}", flush=True)
     return last
+
+
+BUDGET_FILE = "budget_steps.json"
+
+
+def _steps_for_budget(
+    config: ml_collections.ConfigDict,
+    workdir: Path,
+    step_fn: Any,
+    state: lm_step.TrainState,
+    batches: Any,
+    t_train: float,
+    reps: int = 3,
+) -> int:
+    """Steps that fit in what is left of `config.time_budget_s` (counted from `t_train`).
+
+    Why measured: tokens/s differ 2x between the CPUs this demo runs on. The step is timed on a
+    copy of the state and one batch (the data iterator is put back), after one compiling call;
+    the schedule's step is compiled once more afterwards, so that compile time is counted
+    twice, and 5% is left for evaluation and checkpoints. The result is written to the workdir
+    so a resumed run keeps its schedule.
+    """
+    saved = workdir / BUDGET_FILE
+    if saved.exists():
+        return int(json.loads(saved.read_text())["steps"])
+    data_state = batches.get_state()
+    batch = batches.next()
+    batches.set_state(data_state)
+    probe = jax.tree.map(jnp.copy, state)
+    t0 = time.time()
+    probe, m = step_fn(probe, batch, jax.random.key(0))
+    jax.block_until_ready(m)
+    compile_s = time.time() - t0
+    t0 = time.time()
+    for _ in range(reps):
+        probe, m = step_fn(probe, batch, jax.random.key(0))
+    jax.block_until_ready(m)
+    step_s = (time.time() - t0) / reps
+    del probe
+    left = float(config.time_budget_s) - (time.time() - t_train) - compile_s
+    steps = max(int(0.95 * left / step_s), int(config.optim.warmup_steps) + 1)
+    print(
+        f"time budget {float(config.time_budget_s):.0f} s: {step_s:.3f} s per step measured, "
+        f"{steps} steps",
+        flush=True,
+    )
+    tmp = workdir / f".{BUDGET_FILE}.tmp"
+    tmp.write_text(json.dumps({"steps": steps, "step_s": step_s, "compile_s": compile_s}))
+    os.replace(tmp, saved)
+    return steps
 
 
 def _evaluate(config, tok, mesh, eval_fn, params, num_codes, writer, step) -> dict[str, float]:

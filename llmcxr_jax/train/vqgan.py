@@ -20,6 +20,12 @@ reconstruction (taming recomputes it after the generator update), the discrimina
 running statistics move only in its own step, and before `disc_start` the discriminator is
 not run at all (its terms are zero there; see `make_train_step`).
 
+Channels: batches arrive as [B, H, W, 3] (grey films replicated). The autoencoder adapts its
+input itself (`vqgan.to_channels`), and every loss compares the reconstruction with the batch in
+the model's `out_ch` channels: for a grey model the channel mean, which L1, the clinical loss
+and the discriminator (built with `input_nc = out_ch`) see as they are, and LPIPS (VGG, RGB) as
+the grey channel repeated to three.
+
 Data parallel over the mesh: the batch is sharded on (`data`, `fsdp`), the state replicated;
 XLA inserts the gradient all-reduce and BatchNorm sees the global batch.
 """
@@ -48,7 +54,7 @@ from llmcxr_jax.models.discriminator import (
     DiscriminatorConfig,
     NLayerDiscriminator,
 )
-from llmcxr_jax.models.vqgan import VQGAN, VQGANConfig, get_preset
+from llmcxr_jax.models.vqgan import VQGAN, VQGANConfig, get_preset, to_channels
 from llmcxr_jax.train import checkpoint as train_ckpt
 from llmcxr_jax.train import data as train_data
 from llmcxr_jax.train.metrics import MetricWriter
@@ -141,17 +147,18 @@ def make_train_step(
     d_loss_fn = D_LOSSES[weights.disc_loss]
 
     def train_step(state: VQGANTrainState, batch: dict[str, Array], frozen_states: Any):
-        x = batch["image"].astype(jnp.float32)
+        images = batch["image"].astype(jnp.float32)  # [B, H, W, 3]: the model adapts its input
 
         # -- generator: one autoencoder forward, loss gradients at the reconstruction ----------
         def ae_forward(ae_params: nnx.State):
             m = nnx.merge(ae_graphdef, ae_params)
-            q = m.quantized(x)
+            q = m.quantized(images)
             head_in = m.decoder.head_input(m.decoder.body(m.post_quant_conv(q.z_q)))
             xrec = m.decoder.conv_out(head_in).astype(jnp.float32)
             return (xrec, q.loss), (q.codes, head_in)
 
         (xrec, qloss), ae_vjp, (codes, head_in) = jax.vjp(ae_forward, state.ae, has_aux=True)
+        x = to_channels(images, xrec.shape[-1])  # the loss target; grey model: the channel mean
 
         def nll_fn(xr: Array):
             l1 = jnp.mean(jnp.abs(x - xr))
@@ -159,7 +166,7 @@ def make_train_step(
             total = weights.l1 * l1
             if frozen.lpips is not None:
                 lp = nnx.merge(frozen.lpips[0], frozen_states["lpips"])
-                terms["perceptual"] = jnp.mean(lp(x, xr))
+                terms["perceptual"] = jnp.mean(lp(to_channels(x, 3), to_channels(xr, 3)))
                 total = total + weights.perceptual * terms["perceptual"]
             if frozen.classifier is not None:
                 terms["clinical"] = clinical_loss(frozen, frozen_states, x, xr)
@@ -292,9 +299,18 @@ def init_autoencoder(config: ml_collections.ConfigDict, vq_cfg: VQGANConfig) -> 
     return VQGAN(vq_cfg, rngs=nnx.Rngs(config.seed))
 
 
-def init_discriminator(config: ml_collections.ConfigDict) -> NLayerDiscriminator:
-    """A fresh PatchGAN, or taming's trained one when finetuning from a taming checkpoint."""
-    disc_cfg = DiscriminatorConfig(ndf=config.loss.disc_ndf, n_layers=config.loss.disc_layers)
+def init_discriminator(
+    config: ml_collections.ConfigDict, vq_cfg: VQGANConfig | None = None
+) -> NLayerDiscriminator:
+    """A fresh PatchGAN, or taming's trained one when finetuning from a taming checkpoint.
+
+    It judges the VQ-GAN's outputs, so its input channels are the VQ-GAN's `out_ch` (`vq_cfg`,
+    by default `vqgan_config(config)`): one for a grey model.
+    """
+    vq_cfg = vq_cfg or vqgan_config(config)
+    disc_cfg = DiscriminatorConfig(
+        input_nc=vq_cfg.out_ch, ndf=config.loss.disc_ndf, n_layers=config.loss.disc_layers
+    )
     disc = NLayerDiscriminator(disc_cfg, rngs=nnx.Rngs(config.seed + 1))
     ckpt = config.get("init", {}).get("taming_ckpt")
     if ckpt:
@@ -430,7 +446,7 @@ def train(
     source = train_data.image_source(config.data, vq_cfg.resolution)
 
     ae = init_autoencoder(config, vq_cfg)
-    disc = init_discriminator(config)
+    disc = init_discriminator(config, vq_cfg)
     frozen, frozen_states = _frozen(
         load_lpips(config),
         load_classifier(config, source, workdir, progress=progress),
@@ -509,6 +525,7 @@ def _write_samples(workdir: Path, step: int, graphdef, params, images: Array, wr
     x = jax.device_get(images)[:8]
     model = nnx.merge(graphdef, jax.device_get(params))
     recon = np.asarray(jax.jit(lambda m, x: m(x)[0])(model, jnp.asarray(x)))
+    x = np.asarray(to_channels(jnp.asarray(x), recon.shape[-1]))  # as the losses see it
     both = np.concatenate([x, np.clip(recon, -1, 1)], axis=0)
     path = workdir / "samples" / f"step_{step:06d}.png"
     path.parent.mkdir(exist_ok=True)
