@@ -369,6 +369,8 @@ def _evaluate(args: argparse.Namespace) -> None:
         vqa_questions=args.vqa_questions,
         max_report_tokens=args.max_new_tokens,
         uncertain_positive=args.uncertain_positive,
+        bootstrap=args.bootstrap,
+        probability_score=not args.no_probability_score,
     )
     print(Path(args.out, "results.md").read_text())
     print(f"evaluate: results.json, results.md, samples.png in {args.out}")
@@ -500,6 +502,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float, default=0.92)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-items", type=int, default=0, help="0: the whole split")
+    p.add_argument(
+        "--bootstrap", type=int, default=1000, help="resamples for the 95%% intervals (0: none)"
+    )
+    p.add_argument(
+        "--no-probability-score",
+        action="store_true",
+        help="skip the deterministic p(yes) CXR-to-report score",
+    )
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--out", required=True, help="directory for the JSON, Markdown and PNG")
     p.set_defaults(func=_evaluate)

@@ -272,3 +272,53 @@ def test_notebook_runs_on_demo_outputs(demo_run, tmp_path, monkeypatch):
     results = json.loads((nb_out / "eval" / "results.json").read_text())
     assert 0 < results["num_items"] <= 4
     assert (nb_out / "eval" / "samples.png").exists()
+
+
+def test_lm_step_budget_is_measured_kept_for_resume_and_restores_the_data(tmp_path):
+    import jax.numpy as jnp
+    import ml_collections
+
+    from llmcxr_jax.train import lm
+
+    class Batches:  # the data iterator protocol lm.train uses
+        def __init__(self):
+            self.pos = 0
+
+        def get_state(self):
+            return {"pos": self.pos}
+
+        def set_state(self, s):
+            self.pos = s["pos"]
+
+        def next(self):
+            self.pos += 1
+            return {"tokens": jnp.ones((2,))}
+
+    calls = []
+
+    def step_fn(state, batch, rng):
+        calls.append(time.time())
+        time.sleep(0.05)
+        return state, {"loss": jnp.zeros(())}
+
+    config = ml_collections.ConfigDict({"time_budget_s": 10.0, "optim": {"warmup_steps": 3}})
+    batches = Batches()
+    steps = lm._steps_for_budget(
+        config, tmp_path, step_fn, {"w": jnp.ones(3)}, batches, time.time()
+    )
+    assert batches.pos == 0  # the probe's batch is given back
+    assert len(calls) == 4  # one compiling call, then three timed
+    # ~0.05 s a step, ~10 s minus the time spent and the compile counted again, 95% of it
+    assert 120 <= steps <= 0.95 * 10.0 / 0.05
+    saved = json.loads((tmp_path / lm.BUDGET_FILE).read_text())
+    assert saved["steps"] == steps and saved["step_s"] >= 0.05
+    # a resumed run keeps its schedule without measuring again
+    again = lm._steps_for_budget(config, tmp_path, step_fn, {"w": jnp.ones(3)}, batches, 0.0)
+    assert again == steps and len(calls) == 4
+    # a budget smaller than the warm-up still trains past it
+    config.time_budget_s = 0.01
+    (tmp_path / "short").mkdir()
+    short = lm._steps_for_budget(
+        config, tmp_path / "short", step_fn, {"w": jnp.ones(3)}, batches, time.time()
+    )
+    assert short == 4
