@@ -38,6 +38,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.loss.perceptual_vgg = ""
     c.loss.perceptual_lin = ""
     c.loss.codebook_weight = 1.0
+    c.loss.code_restart_below = 0.0  # > 0: re-seed rarely used codes (train/vqgan.py)
     c.loss.disc_start = 10_000
     c.loss.disc_weight = 0.8
     c.loss.disc_factor = 1.0

@@ -308,3 +308,55 @@ def test_grey_model_trains_against_the_channel_mean(tmp_path):
     writer.close()
     with Image.open(tmp_path / "samples" / "step_000001.png") as im:
         assert im.mode == "L" and im.size == (4 * 32 + 3 * 2, 2 * 32 + 2)
+
+
+def test_restart_dead_codes_by_hand():
+    codebook = jnp.asarray(np.arange(8, dtype=np.float32).reshape(4, 2))
+    usage = jnp.asarray([0.0, 3.0, 0.2, 0.6])
+    z = jnp.asarray(np.full((1, 3, 2), 100.0, np.float32) + np.arange(3)[None, :, None])
+    book, new_usage, n = vqgan.restart_dead_codes(codebook, usage, z, jax.random.key(0), 0.5)
+    book = np.asarray(book)
+    assert int(n) == 2  # codes 0 and 2 are below 0.5
+    np.testing.assert_array_equal(book[[1, 3]], np.asarray(codebook)[[1, 3]])  # live: unchanged
+    rows = {tuple(r) for r in np.asarray(z).reshape(-1, 2)}
+    assert tuple(book[0]) in rows and tuple(book[2]) in rows  # dead: an encoder output each
+    np.testing.assert_allclose(np.asarray(new_usage), [1.0, 3.0, 1.0, 0.6], rtol=1e-6)
+
+
+def test_train_step_restarts_the_codes_the_batch_left_unused():
+    from llmcxr_jax.models import common
+    from llmcxr_jax.models.discriminator import NLayerDiscriminator
+
+    config = load(CONFIG, ["--config.loss.code_restart_below=0.5"])
+    vq_cfg = vqgan.vqgan_config(config)
+    rng = np.random.default_rng(2)
+
+    def random_model(cls, cfg):
+        shapes = common.variables_of(common.abstract(cls, cfg))
+        return common.with_variables(
+            cls, cfg, jax.tree.map(lambda s: rng.normal(0, 0.1, s.shape).astype(np.float32), shapes)
+        )
+
+    disc_cfg = nnx.eval_shape(lambda: vqgan.init_discriminator(config)).config
+    ae, disc = random_model(VQGAN, vq_cfg), random_model(NLayerDiscriminator, disc_cfg)
+    frozen, frozen_states = vqgan._frozen(None, None, ())
+    tx = optax.sgd(0.0)  # no update: only the restart changes the codebook
+    ae_g, disc_g, state = vqgan.init_state(ae, disc, tx, tx)
+    before = np.asarray(state.ae["quantize"]["embedding"]["embedding"][...])
+    step = jax.jit(
+        vqgan.make_train_step(
+            ae_g, disc_g, tx, tx, vqgan.loss_weights(config), frozen, vq_cfg.n_embed
+        )
+    )
+    x = np.random.default_rng(0).uniform(-1, 1, (4, 32, 32, 3)).astype(np.float32)
+    new, m = step(state, {"image": jnp.asarray(x)}, frozen_states)
+    after = np.asarray(new.ae["quantize"]["embedding"]["embedding"][...])
+    changed = np.any(after != before, axis=1)
+    assert int(m["restarted_codes"]) == changed.sum() == vq_cfg.n_embed - int(m["codes_used"])
+    z = jax.jit(lambda p, x: nnx.merge(ae_g, p).quant_conv(nnx.merge(ae_g, p).encoder(x)))(
+        state.ae, jnp.asarray(x)
+    )
+    rows = np.asarray(z).reshape(-1, z.shape[-1])
+    for r in after[changed][:5]:
+        assert np.min(np.abs(rows - r).max(axis=1)) < 1e-5  # each is an encoder output
+    assert np.all(np.asarray(new.code_usage)[changed] == 1.0)

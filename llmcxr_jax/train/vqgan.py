@@ -92,6 +92,27 @@ class LossWeights:
     disc_factor: float = 1.0
     disc_start: int = 10000
     disc_loss: str = "hinge"
+    # > 0: codes whose usage (a 0.99-decayed count of assignments) falls below this are re-seeded
+    # with encoder outputs of the batch (see `restart_dead_codes`); 0: off (taming's behaviour)
+    code_restart_below: float = 0.0
+
+
+def restart_dead_codes(
+    codebook: Array, usage: Array, z: Array, key: Array, below: float
+) -> tuple[Array, Array, Array]:
+    """(codebook, usage, restarted count): codes used less than `below` re-seeded from `z`.
+
+    Why: the demo's codebook collapsed (about 15 of 256 codes in use after 100 steps, with the
+    plain VQ objective at either learning rate tried), so 64 codes per film carried too little
+    to keep a small finding. A dead code set to an encoder output of the batch lies where the
+    encoder's outputs are and gets assignments again (Jukebox's codebook restarts). Restarted
+    codes get usage 1.0, so an unused one is re-seeded again only after ~70 steps at 0.5.
+    """
+    dead = usage < below
+    flat = jax.lax.stop_gradient(z).reshape(-1, z.shape[-1]).astype(codebook.dtype)
+    pick = jax.random.randint(key, (codebook.shape[0],), 0, flat.shape[0])
+    new_codebook = jnp.where(dead[:, None], flat[pick], codebook)
+    return new_codebook, jnp.where(dead, 1.0, usage), jnp.sum(dead)
 
 
 def _last_layer_grad(head_in: Array, kernel: Array, cotangent: Array) -> Array:
@@ -152,12 +173,13 @@ def make_train_step(
         # -- generator: one autoencoder forward, loss gradients at the reconstruction ----------
         def ae_forward(ae_params: nnx.State):
             m = nnx.merge(ae_graphdef, ae_params)
-            q = m.quantized(images)
+            z = m.quant_conv(m.encoder(m.as_input(images)))  # = m.quantized, keeping z
+            q = m.quantize(z)
             head_in = m.decoder.head_input(m.decoder.body(m.post_quant_conv(q.z_q)))
             xrec = m.decoder.conv_out(head_in).astype(jnp.float32)
-            return (xrec, q.loss), (q.codes, head_in)
+            return (xrec, q.loss), (q.codes, head_in, z)
 
-        (xrec, qloss), ae_vjp, (codes, head_in) = jax.vjp(ae_forward, state.ae, has_aux=True)
+        (xrec, qloss), ae_vjp, (codes, head_in, z_enc) = jax.vjp(ae_forward, state.ae, has_aux=True)
         x = to_channels(images, xrec.shape[-1])  # the loss target; grey model: the channel mean
 
         def nll_fn(xr: Array):
@@ -243,6 +265,14 @@ def make_train_step(
         p = hist / jnp.sum(hist)
         perplexity = jnp.exp(-jnp.sum(jnp.where(p > 0, p * jnp.log(p), 0.0)))
         usage = 0.99 * state.code_usage + hist
+        restarted = jnp.zeros((), jnp.int32)
+        if weights.code_restart_below > 0:
+            emb = ae["quantize"]["embedding"]["embedding"]
+            key = jax.random.fold_in(jax.random.key(0), state.step)
+            book, usage, restarted = restart_dead_codes(
+                emb[...], usage, z_enc, key, weights.code_restart_below
+            )
+            emb[...] = book
 
         metrics = {
             **terms,
@@ -253,6 +283,7 @@ def make_train_step(
             "perplexity": perplexity,
             "codes_used": jnp.sum(hist > 0),
             "dead_codes": jnp.sum(usage < 1e-3),
+            "restarted_codes": restarted,
             "loss": nll + d_weight * disc_factor * g_loss + weights.codebook * qloss,
         }
         new_state = VQGANTrainState(
@@ -421,6 +452,7 @@ def loss_weights(config: ml_collections.ConfigDict) -> LossWeights:
         disc_factor=loss.disc_factor,
         disc_start=loss.disc_start,
         disc_loss=loss.disc_loss,
+        code_restart_below=float(loss.get("code_restart_below", 0.0)),
     )
 
 
