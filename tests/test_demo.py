@@ -171,7 +171,7 @@ def test_data_parallel_width_divides_every_batch():
 
 
 def test_demo_rerun_skips_training_and_repeats_results(demo_run):
-    out, config, _ = demo_run
+    out, config, first = demo_run
     before = (out / "eval" / "results.json").read_text()
     t = time.time()
     again = demo.run(out, config, progress=False)
@@ -181,6 +181,16 @@ def test_demo_rerun_skips_training_and_repeats_results(demo_run):
     slow = {k: v for k, v in list(timings.items())[: STEPS - 1] if v > 5.0}
     assert not slow, f"steps that should have been skipped took long: {slow}"
     assert elapsed < 120, elapsed
+    # the summary still reports the whole recipe's time: skipped steps keep what the first
+    # run measured, and the evaluation (run again in full) counts once
+    assert again["resumed"] and not first["resumed"]
+    recipe = again["recipe_timings_s"]
+    names = list(timings)
+    for name in names[: STEPS - 1]:
+        assert recipe[name] == pytest.approx(first["timings_s"][name] + timings[name])
+    assert recipe[names[-1]] == pytest.approx(timings[names[-1]])
+    assert again["summary"]["timings_s"] == recipe and again["summary"]["resumed"]
+    assert any("over resumed runs" in r[0] for r in again["summary"]["rows"])
     # generation is seeded: the same metrics (the whole file, in fact) come out again
     assert (out / "eval" / "results.json").read_text() == before
 
