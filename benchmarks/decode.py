@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 import transformers
-from timing import bench_gpt_neox_config, median_seconds
+from timing import bench_gpt_neox_config, median_seconds, recorded
 
 from llmcxr_jax.convert.hf_gpt_neox import load_hf_model
 from llmcxr_jax.decode import generate
@@ -124,4 +124,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with recorded("decode"):
+        main()

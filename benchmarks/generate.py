@@ -34,7 +34,7 @@ import jax
 import numpy as np
 import torch
 import transformers
-from timing import bench_gpt_neox_config, median_seconds
+from timing import bench_gpt_neox_config, median_seconds, recorded
 
 from llmcxr_jax.convert.hf_gpt_neox import load_hf_model
 from llmcxr_jax.decode import Sampler, generate
@@ -180,4 +180,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with recorded("generate"):
+        main()

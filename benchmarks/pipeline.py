@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from timing import recorded
 
 from llmcxr_jax.data import instructions, phantoms, pipeline
 from llmcxr_jax.models.gpt_neox import GPTNeoX, get_preset
@@ -222,4 +223,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with recorded("pipeline"):
+        main()

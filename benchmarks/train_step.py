@@ -36,7 +36,7 @@ import numpy as np
 import torch
 import transformers
 from flax import nnx
-from timing import bench_gpt_neox_config, median_seconds, seconds
+from timing import bench_gpt_neox_config, median_seconds, recorded, seconds
 
 from llmcxr_jax.convert.hf_gpt_neox import load_hf_model
 from llmcxr_jax.train import lm_step, optim
@@ -205,4 +205,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with recorded("train_step"):
+        main()

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import torch
-from timing import median_seconds
+from timing import median_seconds, recorded
 
 from llmcxr_jax.convert import taming
 from llmcxr_jax.models import common
@@ -93,4 +93,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with recorded("vqgan"):
+        main()

@@ -30,7 +30,7 @@ import jax
 import numpy as np
 import optax
 from flax import nnx
-from timing import median_seconds
+from timing import median_seconds, recorded
 
 from llmcxr_jax import sharding
 from llmcxr_jax.configs import load
@@ -107,4 +107,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with recorded("vqgan_train"):
+        main()

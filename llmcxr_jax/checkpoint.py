@@ -26,6 +26,7 @@ from llmcxr_jax.models import common
 
 CONFIG_FILE = "model_config.json"
 PARAMS_DIR = "params"
+WORKDIR_MODEL = "model"  # where a training run (train, train-vqgan) saves its final model
 
 
 class CheckpointError(RuntimeError):
@@ -58,9 +59,28 @@ def model_type_of(config: Any) -> str:
     raise TypeError(f"no checkpoint kind for config type {type(config).__name__}")
 
 
-def _abs(path: str | os.PathLike) -> str:
+def is_remote(path: str | os.PathLike) -> bool:
+    """Whether `path` is a URL such as `gs://bucket/run` (Orbax writes it through its own
+    file system layer) rather than a local path."""
+    return "://" in str(path)
+
+
+def absolute(path: str | os.PathLike) -> str:
+    """`path` as Orbax wants it: a local path made absolute, a URL (`gs://...`) unchanged."""
     p = str(path)
-    return p if "://" in p else os.path.abspath(p)
+    return p if is_remote(p) else os.path.abspath(p)
+
+
+def workdir_model(workdir: str | os.PathLike) -> Path | None:
+    """The model checkpoint a finished training run wrote to `workdir/model`, or None."""
+    model = Path(workdir) / WORKDIR_MODEL
+    return model if (model / CONFIG_FILE).exists() else None
+
+
+def model_dir(path: str | os.PathLike) -> Path:
+    """A path given as "a model checkpoint, or a training workdir": the workdir's model
+    (`path/model`) when it holds one, else `path` itself."""
+    return workdir_model(path) or Path(path)
 
 
 def save_params(
@@ -72,7 +92,7 @@ def save_params(
 ) -> None:
     """Write a model's variables (a pure dict of arrays) and `config` to the directory `path`."""
     model_type = model_type_of(config)
-    root = Path(_abs(path))
+    root = Path(absolute(path))
     if (root / PARAMS_DIR).exists() and not overwrite:
         raise FileExistsError(f"{root} already holds a checkpoint (pass overwrite to replace it)")
     root.mkdir(parents=True, exist_ok=True)
@@ -90,7 +110,7 @@ def save_model(path: str | os.PathLike, model: nnx.Module, *, overwrite: bool = 
 
 def load_config(path: str | os.PathLike, expect: str | None = None) -> Any:
     """The config stored in a checkpoint; `expect` names the model type the caller needs."""
-    f = Path(_abs(path)) / CONFIG_FILE
+    f = Path(absolute(path)) / CONFIG_FILE
     if not f.exists():
         raise CheckpointError(f"{path}: no {CONFIG_FILE}; not a model checkpoint, or incomplete")
     try:
@@ -136,7 +156,7 @@ def load_model(
     target = jax.tree.map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
     )
-    params_dir = Path(_abs(path)) / PARAMS_DIR
+    params_dir = Path(absolute(path)) / PARAMS_DIR
     try:
         with ocp.StandardCheckpointer() as ckptr:
             restored = ckptr.restore(params_dir, target)

@@ -11,10 +11,13 @@ from typing import Any
 
 import numpy as np
 
+from llmcxr_jax.sharding import request_host_devices  # imports no JAX: usable before it starts
+
 
 def _import_hf(args: argparse.Namespace) -> None:
-    from llmcxr_jax import checkpoint, vocab
+    from llmcxr_jax import checkpoint
     from llmcxr_jax.convert import hf_gpt_neox
+    from llmcxr_jax.models.gpt_neox import resize_vocab_params
 
     config, params = hf_gpt_neox.import_hf(
         args.hf_dir,
@@ -25,7 +28,7 @@ def _import_hf(args: argparse.Namespace) -> None:
     note = ""
     if args.vocab_size and args.vocab_size != config.vocab_size:
         old = config.vocab_size
-        config, params = vocab.resize_vocab_params(
+        config, params = resize_vocab_params(
             config, params, args.vocab_size, pad_multiple=args.vocab_pad_multiple, rng=args.seed
         )
         note = f", vocabulary grown {old} -> {config.vocab_size} (new rows N(0, 0.02))"
@@ -75,8 +78,8 @@ def _export_taming(args: argparse.Namespace) -> None:
 
 
 def _encode_images(args: argparse.Namespace) -> None:
-    from llmcxr_jax import checkpoint
-    from llmcxr_jax.data import encode, image_sources
+    from llmcxr_jax import checkpoint, encode
+    from llmcxr_jax.data import image_sources
 
     model = checkpoint.load_model(args.checkpoint, expect="vqgan")
     source = image_sources.make_source(args.source, model.config.resolution)
@@ -116,19 +119,6 @@ def _train(args: argparse.Namespace) -> None:
     metrics = lm.train(config, args.workdir)
     shown = {k: round(v, 4) for k, v in metrics.items() if k in ("loss_avg", "eval_loss", "step")}
     print(f"train: {args.workdir}: {shown}")
-
-
-def request_host_devices(n: int, *, keep_users: bool = False) -> None:
-    """Ask XLA for `n` CPU devices; only takes effect before JAX starts (else a no-op).
-
-    With `keep_users`, a device count already in the user's XLA_FLAGS wins."""
-    import os
-
-    user_set = "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")
-    if "jax" not in sys.modules and not (keep_users and user_set):
-        os.environ["XLA_FLAGS"] = (
-            os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={n}"
-        ).strip()
 
 
 def _plan(args: argparse.Namespace) -> None:
@@ -180,20 +170,27 @@ def jax_backend() -> str:
     return jax.default_backend()
 
 
-def _prepare_data(args: argparse.Namespace) -> None:
+def builder_kwargs(items: Sequence[str] | None) -> dict[str, Any]:
+    """`--builder-kwarg KEY=VALUE` arguments as a dict; a value is a Python literal (number,
+    boolean, tuple, ...) where it parses as one, else the plain string."""
     import ast
 
-    import tensorflow_datasets as tfds
-
-    import llmcxr_jax.data.tfds as builders
-
-    kwargs = {}
-    for item in args.builder_kwarg or []:
+    kwargs: dict[str, Any] = {}
+    for item in items or []:
         key, _, value = item.partition("=")
         try:
             kwargs[key] = ast.literal_eval(value)
         except (ValueError, SyntaxError):
             kwargs[key] = value
+    return kwargs
+
+
+def _prepare_data(args: argparse.Namespace) -> None:
+    import tensorflow_datasets as tfds
+
+    import llmcxr_jax.data.tfds as builders
+
+    kwargs = builder_kwargs(args.builder_kwarg)
     if args.codes_dir:
         kwargs["codes_dir"] = args.codes_dir
     builder = tfds.builder(
@@ -333,28 +330,24 @@ def _evaluate(args: argparse.Namespace) -> None:
     import ml_collections
 
     from llmcxr_jax import checkpoint, decode
+    from llmcxr_jax.data.records import open_records
     from llmcxr_jax.eval import evaluate as evaluation
     from llmcxr_jax.generate import Generator
-    from llmcxr_jax.train import lm
 
     gen = Generator.load(
         args.checkpoint, args.vqgan, tokenizer=args.tokenizer, batch_size=args.batch_size
     )
     clf = checkpoint.load_model(args.classifier, expect="densenet") if args.classifier else None
     name, _, variant = args.dataset.partition("/")
-    kwargs = {}
-    for kv in args.builder_kwarg or []:
-        k, _, v = kv.partition("=")
-        kwargs[k] = int(v) if v.isdigit() else v
     data = ml_collections.ConfigDict(
         {
             "builder": name,
             "builder_config": variant,
             "data_dir": args.data_dir,
-            "builder_kwargs": kwargs,
+            "builder_kwargs": builder_kwargs(args.builder_kwarg),
         }
     )
-    records = lm.open_records(data, args.split)
+    records = open_records(data, args.split)
     evaluation.evaluate(
         gen,
         records,

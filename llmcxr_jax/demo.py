@@ -33,7 +33,16 @@ import ml_collections
 from llmcxr_jax import checkpoint, sharding
 from llmcxr_jax.configs import load
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+def config_dir() -> Path:
+    """The project's config files: `configs/` at the top of the source tree, which an installed
+    wheel carries as `llmcxr_jax/config_files` (setup.py)."""
+    package = Path(__file__).resolve().parent
+    installed = package / "config_files"
+    return installed if installed.is_dir() else package.parent / "configs"
+
+
+CONFIG_DIR = config_dir()
 
 
 def _config(name: str, *overrides: str) -> ml_collections.ConfigDict:
@@ -95,8 +104,9 @@ def run(
     import tensorflow_datasets as tfds
 
     import llmcxr_jax.data.tfds  # noqa: F401  (registers the builders)
-    from llmcxr_jax.data import encode
+    from llmcxr_jax import encode
     from llmcxr_jax.data.image_sources import make_source
+    from llmcxr_jax.data.records import open_records
     from llmcxr_jax.eval import evaluate as evaluation
     from llmcxr_jax.generate import Generator
     from llmcxr_jax.train import lm
@@ -155,10 +165,11 @@ def run(
     vq_cfg.mesh = (width, 1, 1)
     vq_dir = out / "vqgan"
     with step("1/6 VQ-GAN (clinical-information-preserving loss on)"):
-        if not (vq_dir / "model" / checkpoint.CONFIG_FILE).exists():
+        if checkpoint.workdir_model(vq_dir) is None:
             print(f"VQ-GAN and classifier data parallel over {width} device(s)", flush=True)
             train_vqgan.train(vq_cfg, vq_dir, progress=progress)
-    vq = checkpoint.load_model(vq_dir / "model", expect="vqgan")
+    vq_model = checkpoint.model_dir(vq_dir)  # vqgan/model
+    vq = checkpoint.load_model(vq_model, expect="vqgan")
     num_codes = vq.config.latent_size**2
 
     with step(f"2/6 encode {n_films} phantom films"):
@@ -189,24 +200,24 @@ def run(
         cfg.data.builder_kwargs = dict(sizes)
         cfg.data.num_codes = num_codes
         cfg.data.num_image_codes = cfg.tokenizer.num_image_codes = vq.config.n_embed
-        cfg.init.vqgan = str(vq_dir / "model")  # for init.image_embeddings="codebook"
+        cfg.init.vqgan = str(vq_model)  # for init.image_embeddings="codebook"
         return cfg
 
     with step("4/6 LM stage 1 (tokenizer trained on the reports first)"):
-        if not (out / "stage1" / "model" / checkpoint.CONFIG_FILE).exists():
+        if checkpoint.workdir_model(out / "stage1") is None:
             cfg = lm_config(c.stage1_config, c.stage1_overrides)
             lm.train(cfg, out / "stage1", progress=progress)
     with step("5/6 LM stage 2 (from stage 1's weights, fresh optimizer)"):
-        if not (out / "stage2" / "model" / checkpoint.CONFIG_FILE).exists():
+        if checkpoint.workdir_model(out / "stage2") is None:
             cfg = lm_config(c.stage2_config, c.stage2_overrides)
             cfg.init.params_from = str(out / "stage1")
             cfg.tokenizer.path = str(out / "stage1" / "tokenizer")
             lm.train(cfg, out / "stage2", progress=progress)
 
     with step("6/6 generate and evaluate on the held-out test films", redone=True):
-        gen = Generator.load(out / "stage2", vq_dir / "model", batch_size=c.eval.batch_size)
+        gen = Generator.load(out / "stage2", vq_model, batch_size=c.eval.batch_size)
         classifier = checkpoint.load_model(vq_dir / "classifier", expect="densenet")
-        records = lm.open_records(
+        records = open_records(
             ml_collections.ConfigDict(
                 {
                     "builder": "cxr_phantoms",

@@ -132,9 +132,7 @@ class Generator:
         batch_size: int = 16,
     ) -> Generator:
         """An LM checkpoint (its tokenizer saved beside it in `tokenizer/` unless given)."""
-        ckpt = Path(checkpoint_dir)
-        if (ckpt / "model" / checkpoint.CONFIG_FILE).exists():  # a training workdir
-            ckpt = ckpt / "model"
+        ckpt = checkpoint.model_dir(checkpoint_dir)  # a checkpoint or a training workdir
         tok_dir = Path(tokenizer) if tokenizer else ckpt / "tokenizer"
         if not (tok_dir / "tokenizer.json").exists():
             raise FileNotFoundError(f"{tok_dir}: no tokenizer.json (pass tokenizer=...)")

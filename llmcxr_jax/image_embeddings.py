@@ -1,7 +1,7 @@
 """Image-token embeddings initialised from the VQ-GAN codebook (`config.init.image_embeddings`).
 
 LLM-CXR grows a text LM's vocabulary by the VQ-GAN's codes and draws the new embedding rows at
-random (vocab.py), so two codes whose codebook vectors are neighbours start as unrelated tokens
+random (resize_vocab), so two codes whose codebook vectors are neighbours start as unrelated tokens
 and the LM has to learn the codebook's geometry from the data (LLM-CXR issue #13 asks why). Here
 the input embedding row of image code `c` (token id `tok.text_vocab_size + c`) can instead start
 as a fixed random projection of codebook vector `c` to the LM's width: close codes then start
@@ -93,7 +93,7 @@ def load_codebook(path: str | os.PathLike) -> np.ndarray:
 
     config = checkpoint.load_config(path, expect="vqgan")
     want = (config.n_embed, config.embed_dim)
-    params_dir = Path(checkpoint._abs(path)) / checkpoint.PARAMS_DIR
+    params_dir = Path(checkpoint.absolute(path)) / checkpoint.PARAMS_DIR
     item = {"quantize": {"embedding": {"embedding": np.zeros(want, np.float32)}}}
     restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
     try:
@@ -161,7 +161,7 @@ def init_image_rows(
     if is_model and params_or_model.config.vocab_size != tok.vocab_size:
         raise ValueError(
             f"the model's vocabulary ({params_or_model.config.vocab_size}) is not the "
-            f"tokenizer's ({tok.vocab_size}): grow it first (vocab.resize_vocab)"
+            f"tokenizer's ({tok.vocab_size}): grow it first (gpt_neox.resize_vocab)"
         )
     lo, hi = tok.image_range
     for name in rows:

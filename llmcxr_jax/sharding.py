@@ -6,18 +6,21 @@ mesh axes of a `Mesh` whose axes are `data` (pure data parallelism, parameters r
 `fsdp` (data parallelism with parameters and optimizer state sharded, ZeRO-3 style) and `tensor`
 (Megatron-style model parallelism inside a layer). Changing the parallel layout of the whole
 project means editing this table, nothing else.
+
+Host-device set-up lives here too: `request_host_devices` must run before JAX starts, so this
+module imports JAX only inside its functions.
 """
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jax
-import numpy as np
-from flax import nnx
-from jax.experimental import mesh_utils
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+if TYPE_CHECKING:
+    import jax
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
@@ -51,11 +54,27 @@ K_CACHE_AXES = ("cache_batch_heads", "cache_kv", "cache_length")
 V_CACHE_AXES = ("cache_batch_heads", "cache_length", "cache_kv")
 
 
+def request_host_devices(n: int, *, keep_users: bool = False) -> None:
+    """Ask XLA for `n` CPU devices; only takes effect before JAX starts (else a no-op).
+
+    With `keep_users`, a device count already in the user's XLA_FLAGS wins."""
+    user_set = "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")
+    if "jax" not in sys.modules and not (keep_users and user_set):
+        os.environ["XLA_FLAGS"] = (
+            os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={n}"
+        ).strip()
+
+
 def make_mesh(shape: Sequence[int] | dict[str, int], devices: Sequence[Any] | None = None) -> Mesh:
     """A (data, fsdp, tensor) mesh; `shape` may hold one -1 meaning "all remaining devices".
 
     Axes are Auto (GSPMD propagates shardings between the constraints we place).
     """
+    import jax
+    import numpy as np
+    from jax.experimental import mesh_utils
+    from jax.sharding import Mesh
+
     if isinstance(shape, dict):
         unknown = set(shape) - set(MESH_AXES)
         if unknown:
@@ -96,6 +115,8 @@ def logical_to_spec(
     A mesh axis is used at most once per array (the first dimension that asks gets it), and with
     a mesh given, axes of size 1 are dropped so specs stay readable.
     """
+    from jax.sharding import PartitionSpec
+
     table = dict(rules)
     used: set[str] = set()
     spec = []
@@ -116,15 +137,21 @@ def logical_to_spec(
 
 
 def logical_sharding(mesh: Mesh, logical_axes: Sequence[str | None]) -> NamedSharding:
+    from jax.sharding import NamedSharding
+
     return NamedSharding(mesh, logical_to_spec(logical_axes, mesh=mesh))
 
 
 def _is_var(x: Any) -> bool:
+    from flax import nnx
+
     return isinstance(x, nnx.Variable)
 
 
 def state_specs(state: Any, mesh: Mesh | None = None) -> Any:
     """PartitionSpecs for an nnx State (or any tree of Variables) from their `logical_axes`."""
+    import jax
+    from jax.sharding import PartitionSpec
 
     def spec(v: Any) -> PartitionSpec:
         axes = v.get_metadata().get("logical_axes") if _is_var(v) else None
@@ -136,16 +163,23 @@ def state_specs(state: Any, mesh: Mesh | None = None) -> Any:
 
 
 def state_shardings(state: Any, mesh: Mesh) -> Any:
+    import jax
+    from jax.sharding import NamedSharding
+
     return jax.tree.map(lambda s: NamedSharding(mesh, s), state_specs(state, mesh))
 
 
 def shard_state(state: Any, mesh: Mesh) -> Any:
     """Place an nnx State on the mesh according to its logical axes."""
+    import jax
+
     return jax.device_put(state, state_shardings(state, mesh))
 
 
 def constrain(x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:
     """`with_sharding_constraint` by logical names under the current mesh (no-op without one)."""
+    import jax
+
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty:
         return x

@@ -8,7 +8,12 @@ and ends. Paragraphs follow dolly's template (data/instructions.py); the special
 
 Two text tokenizers serve: a Hugging Face `tokenizer.json` read from a local directory (dolly's
 for real runs; nothing is downloaded), or a byte-level BPE trained here with `tokenizers` on a
-data set's text (the demo). Either way the vocabulary seen by the model is text, then codes.
+data set's text (the demo). Either way the vocabulary seen by the model is text, then codes;
+`MultimodalTokenizer` alone owns that id layout. LLM-CXR's: 50,281 text entries (GPT-NeoX BPE,
+dolly's three special tokens and `### Response:\\n`), then image code `c` of the 1,024-entry
+codebook as id `50281 + c`, 51,305 in all. The model pads its embedding tables further (to a
+multiple of 128 rows, `models/gpt_neox.py: resize_vocab`); `allowed_mask(kind, padded_size)`
+never allows those rows.
 
 `encode_paragraph` returns `(ids, loss_mask)` with the response-only mask of LLM-CXR's released
 code (everything up to and including the first `### Response:\\n` masked) or the whole-paragraph

@@ -516,10 +516,10 @@ def make_openi_archives(root: Path, *, pngs: bool = True, image_size=(40, 48)) -
 def write_codes_dir(
     out: Path, entries: dict[str, list[int]], *, shard_size: int = 4, num_codes: int = NUM_CODES
 ) -> Path:
-    """An encode-images output (data/encode.py format) holding `entries` (id -> codes)."""
+    """An encode-images output (data/codes.py format) holding `entries` (id -> codes)."""
     from array_record.python.array_record_module import ArrayRecordWriter
 
-    from llmcxr_jax.data import encode
+    from llmcxr_jax.data import codes as codes_store
 
     out.mkdir(parents=True, exist_ok=True)
     items = list(entries.items())
@@ -532,9 +532,9 @@ def write_codes_dir(
         "num_codes": num_codes,
         "n_embed": N_EMBED,
     }
-    (out / encode.MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    (out / codes_store.MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
     for s in range(num_shards):
-        writer = ArrayRecordWriter(str(out / encode.shard_name(s, num_shards)), "group_size:1")
+        writer = ArrayRecordWriter(str(out / codes_store.shard_name(s, num_shards)), "group_size:1")
         for cid, codes in items[s * shard_size : (s + 1) * shard_size]:
             writer.write(json.dumps({"id": cid, "codes": list(codes)}).encode())
         writer.close()

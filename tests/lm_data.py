@@ -6,7 +6,7 @@ import tensorflow_datasets as tfds
 from flax import nnx
 
 import llmcxr_jax.data.tfds  # noqa: F401  (registers the builders)
-from llmcxr_jax.data import encode
+from llmcxr_jax import encode
 from llmcxr_jax.data.image_sources import make_source
 from llmcxr_jax.models.vqgan import VQGAN, get_preset
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from llmcxr_jax import checkpoint, cli, sharding
-from llmcxr_jax.data import encode
+from llmcxr_jax import checkpoint, cli, encode, sharding
+from llmcxr_jax.data import codes as codes_store
 from llmcxr_jax.data.image_sources import CachedSource, FolderSource, SyntheticSource
 from llmcxr_jax.models.vqgan import VQGAN, get_preset
 
@@ -20,7 +20,7 @@ def model():
 
 
 def _all(out):
-    return list(encode.iter_codes(out))
+    return list(codes_store.iter_codes(out))
 
 
 def test_interrupted_and_restarted_equals_one_run(model, tmp_path):
@@ -39,7 +39,7 @@ def test_interrupted_and_restarted_equals_one_run(model, tmp_path):
     )
     assert first.shards_written == 3
     # a kill in the middle of shard 3 leaves a partial temporary file behind
-    (out / (encode.shard_name(3, 7) + ".tmp")).write_bytes(b"partial")
+    (out / (codes_store.shard_name(3, 7) + ".tmp")).write_bytes(b"partial")
     with pytest.raises(FileNotFoundError, match="shard missing"):
         _all(out)
     second = encode.encode_dataset(model, src, out, batch_size=3, shard_size=8, progress=False)
@@ -124,7 +124,7 @@ def test_unreadable_images_are_counted_and_the_rest_encoded(model, tmp_path):
     (root / "broken.png").write_bytes(b"this is not a png")
     report = encode.encode_dataset(model, FolderSource(root, 32), tmp_path / "out", progress=False)
     assert (report.records, report.errors) == (4, 1)
-    errors = encode.read_errors(tmp_path / "out")
+    errors = codes_store.read_errors(tmp_path / "out")
     assert errors[0]["id"] == "broken.png" and "broken.png" in errors[0]["error"]
     assert [i for i, _ in _all(tmp_path / "out")] == [f"sub/img{i}.png" for i in range(4)]
 

@@ -29,7 +29,7 @@ AVERAGES = ("micro", "macro", "weighted")
 
 
 def test_paper_classes_match_labeler():
-    from llmcxr_jax.data.labeler import PAPER_CLASSES as LABELER_CLASSES
+    from llmcxr_jax.data.labels import PAPER_CLASSES as LABELER_CLASSES
 
     assert PAPER_CLASSES == LABELER_CLASSES
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from llmcxr_jax.data import instructions, vqa
+from llmcxr_jax.data.labels import OBSERVATIONS
 
 INTRO = (
     "Below is an instruction that describes a task. Write a response that appropriately "
@@ -69,7 +70,7 @@ def test_dolly_reader_counts_bad_lines(tmp_path):
 def _labels(**values):
     lab = np.full(14, -2, np.int8)
     for name, v in values.items():
-        lab[vqa.OBSERVATIONS.index(name.replace("_", " "))] = v
+        lab[OBSERVATIONS.index(name.replace("_", " "))] = v
     return lab
 
 

@@ -8,15 +8,14 @@ import numpy as np
 import pytest
 
 from llmcxr_jax.data import labeler
-from llmcxr_jax.data.labeler import (
-    ABSENT,
+from llmcxr_jax.data.labeler import label_report, label_reports
+from llmcxr_jax.data.labels import (
     NEGATIVE,
+    NOT_MENTIONED,
     OBSERVATIONS,
     PAPER_CLASSES,
     POSITIVE,
     UNCERTAIN,
-    label_report,
-    label_reports,
     paper_labels,
 )
 
@@ -136,7 +135,7 @@ CASES = [
 
 
 def expected(spec: dict[str, int]) -> np.ndarray:
-    out = np.full(len(OBSERVATIONS), ABSENT, np.int8)
+    out = np.full(len(OBSERVATIONS), NOT_MENTIONED, np.int8)
     for key, value in spec.items():
         out[OBSERVATIONS.index(K[key])] = value
     return out
@@ -157,11 +156,11 @@ def test_enough_cases():
 
 def test_empty_text_is_all_absent():
     for text in ("", "   \n", "INDICATION: cough."):
-        assert (label_report(text) == ABSENT).all()
+        assert (label_report(text) == NOT_MENTIONED).all()
 
 
 def test_value_constants_and_order():
-    assert (POSITIVE, NEGATIVE, UNCERTAIN, ABSENT) == (1, 0, -1, -2)
+    assert (POSITIVE, NEGATIVE, UNCERTAIN, NOT_MENTIONED) == (1, 0, -1, -2)
     assert OBSERVATIONS[0] == "No Finding" and OBSERVATIONS[-1] == "Support Devices"
     assert len(OBSERVATIONS) == 14
     assert PAPER_CLASSES == (
@@ -188,17 +187,17 @@ def test_aggregate_rule():
     )
     assert agg[OBSERVATIONS.index("Pleural Effusion")] == -1
     assert agg[OBSERVATIONS.index("Edema")] == 1
-    assert agg[0] == ABSENT
+    assert agg[0] == NOT_MENTIONED
     assert labeler.aggregate([("Support Devices", 1)])[0] == POSITIVE
 
 
 def test_paper_labels_merge():
-    values = (POSITIVE, UNCERTAIN, NEGATIVE, ABSENT)
-    rank = {POSITIVE: 3, UNCERTAIN: 2, NEGATIVE: 1, ABSENT: 0}
+    values = (POSITIVE, UNCERTAIN, NEGATIVE, NOT_MENTIONED)
+    rank = {POSITIVE: 3, UNCERTAIN: 2, NEGATIVE: 1, NOT_MENTIONED: 0}
     rows = []
     for c in values:
         for p in values:
-            row = np.full(14, ABSENT, np.int8)
+            row = np.full(14, NOT_MENTIONED, np.int8)
             row[OBSERVATIONS.index("Consolidation")] = c
             row[OBSERVATIONS.index("Pneumonia")] = p
             row[OBSERVATIONS.index("Edema")] = c
@@ -213,6 +212,8 @@ def test_paper_labels_merge():
         assert got[PAPER_CLASSES.index("Edema")] == c
         assert got[PAPER_CLASSES.index("No Finding")] == p
     one = paper_labels(label_report("Small left pleural effusion. Possible pneumonia."))
-    np.testing.assert_array_equal(one, [ABSENT, ABSENT, ABSENT, POSITIVE, UNCERTAIN, ABSENT])
+    np.testing.assert_array_equal(
+        one, [NOT_MENTIONED, NOT_MENTIONED, NOT_MENTIONED, POSITIVE, UNCERTAIN, NOT_MENTIONED]
+    )
     with pytest.raises(ValueError):
         paper_labels(np.zeros((3, 13), np.int8))

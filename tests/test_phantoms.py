@@ -13,12 +13,13 @@ import numpy as np
 import pytest
 
 from llmcxr_jax.data import labeler, phantoms
+from llmcxr_jax.data.image_sources import PhantomImageSource
+from llmcxr_jax.data.labels import OBSERVATIONS, paper_labels
 from llmcxr_jax.data.phantoms import (
     FINDING_NAMES,
     Case,
     CaseSampler,
     Finding,
-    PhantomImageSource,
     generate,
     make_case,
     render,
@@ -61,7 +62,7 @@ def test_labeler_recovers_ground_truth():
                     f"{r['id']}\n{text}\nlabels {want.tolist()}\nlabeler {got.tolist()}"
                 )
             for j, value in enumerate(want):
-                seen[labeler.OBSERVATIONS[j]].add(int(value))
+                seen[OBSERVATIONS[j]].add(int(value))
             n += 1
     assert n == 3000
     # each finding's observation takes every value somewhere
@@ -87,7 +88,7 @@ def test_report_structure_and_variety():
 
 def test_hedging_controls_uncertainty():
     small = Finding("pleural_effusion", "left", None, "small")
-    ef = labeler.OBSERVATIONS.index("Pleural Effusion")
+    ef = OBSERVATIONS.index("Pleural Effusion")
     case = make_case([small])
     for k in range(20):
         assert write_report(case, np.random.default_rng(k), hedge=1.0)[2][ef] == -1
@@ -306,7 +307,7 @@ def test_image_source():
     g = generate(8, seed=2, resolution=32)
     assert rec["id"] == g["id"]
     np.testing.assert_array_equal(rec["image"][..., 1], g["image"] / np.float32(127.5) - 1)
-    want = (labeler.paper_labels(g["labels"]) == 1).astype(np.float32)
+    want = (paper_labels(g["labels"]) == 1).astype(np.float32)
     np.testing.assert_array_equal(rec["labels"], want)
     with pytest.raises(IndexError):
         src[10]

@@ -14,6 +14,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from llmcxr_jax.data import reports
+from llmcxr_jax.data.labels import NOT_MENTIONED, NUM_OBSERVATIONS, OBSERVATIONS
 from llmcxr_jax.data.tfds import common, cxr_phantoms, mimic_cxr_jpg, open_i
 
 TEXT = common.TEXT_FIELDS
@@ -81,14 +82,14 @@ def test_mimic_paths_config(mimic, tmp_path, caplog):
     assert (root / r["image_path"]).is_file()
     assert r["codes"].dtype == np.int16 and r["codes"].shape == (0,)
     assert "image" not in r
-    labels = dict(zip(common.OBSERVATIONS, r["labels"].tolist(), strict=True))
+    labels = dict(zip(OBSERVATIONS, r["labels"].tolist(), strict=True))
     assert r["labels"].dtype == np.int8
     assert labels["No Finding"] == 1 and labels["Cardiomegaly"] == -2
 
     r = data["train"][fx.D[2]]  # impression-only report; time "165020.0"
     assert r["findings"] == "" and r["impression"].startswith("Portable AP upright")
     assert r["view"] == "AP" and r["study_datetime"] == "21800626T165020"
-    labels = dict(zip(common.OBSERVATIONS, r["labels"].tolist(), strict=True))
+    labels = dict(zip(OBSERVATIONS, r["labels"].tolist(), strict=True))
     assert (labels["Cardiomegaly"], labels["Edema"], labels["Pneumonia"]) == (1, -1, 0)
     assert labels["No Finding"] == -2
     r = data["validate"][fx.D[3]]  # time 85042 -> 085042; FINDINGS AND IMPRESSION
@@ -347,10 +348,14 @@ def test_phantoms_codes_and_empty_split(tmp_path):
 # --- shared schema ------------------------------------------------------------------------------
 
 
-def test_observation_order_matches_labeler_and_vqa():
+def test_label_schema_has_one_owner():
     from llmcxr_jax.data import labeler, vqa
 
-    assert common.OBSERVATIONS == tuple(labeler.OBSERVATIONS) == tuple(vqa.OBSERVATIONS)
+    # data/labels.py declares the observations; the labeler, VQA and the builders use them
+    assert labeler.OBSERVATIONS is OBSERVATIONS and vqa.OBSERVATIONS is OBSERVATIONS
+    assert mimic_cxr_jpg.OBSERVATIONS is OBSERVATIONS
+    assert not hasattr(common, "OBSERVATIONS")
+    assert common.empty_labels().tolist() == [NOT_MENTIONED] * NUM_OBSERVATIONS
 
 
 def test_schema_helpers():

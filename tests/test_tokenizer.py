@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 
 from llmcxr_jax.data import instructions
+from llmcxr_jax.models.gpt_neox import get_preset
 from llmcxr_jax.tokenizer import (
     END_KEY,
+    EOS,
     RESPONSE_KEY_NL,
     SPECIAL_TOKENS,
     MultimodalTokenizer,
@@ -48,6 +50,36 @@ def test_vocabulary_layout(tok):
         tok.code_ids([64])
     assert tok.allowed_mask("image", 512).sum() == 64
     assert not (tok.allowed_mask("text", 512) & tok.allowed_mask("image", 512)).any()
+
+
+def _llm_cxr_sized_tokenizer():
+    """A word-level tokenizer with dolly's 50,281 text entries (its 4 special tokens included)
+    and LLM-CXR's 1,024 image codes: the real layout without dolly's tokenizer.json."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    words = [EOS, "<", ">", "image", *(f"w{i}" for i in range(50281 - len(SPECIAL_TOKENS) - 4))]
+    text = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token=EOS))
+    text.pre_tokenizer = pre_tokenizers.Split(r"[<>]", "isolated")
+    return MultimodalTokenizer(text, num_image_codes=1024)
+
+
+def test_llm_cxr_id_layout():
+    """LLM-CXR's numbers, computed by hand: text 50,281 + 1,024 codes = 51,305 ids, tables of
+    51,328 rows (the next multiple of 128)."""
+    tok = _llm_cxr_sized_tokenizer()
+    padded = get_preset("tiny", vocab_size=tok.vocab_size, vocab_pad_multiple=128)
+    assert (tok.vocab_size, padded.padded_vocab_size) == (51305, 51328)
+    assert tok.image_range == (50281, 51305)
+    np.testing.assert_array_equal(tok.code_ids([0, 1023]), [50281, 51304])
+    ids = [tok.image_begin_id, 50281, 51304, tok.image_end_id]
+    np.testing.assert_array_equal(tok.decode_paragraph(ids).codes, [0, 1023])
+    with pytest.raises(TokenizerError, match=r"\[0, 1024\)"):
+        tok.code_ids([1024])
+    assert not tok.is_image([50280, 51305]).any()
+    text, image, every = (tok.allowed_mask(k, 51328) for k in ("text", "image", "all"))
+    assert (text.sum(), image.sum(), every.sum()) == (50281, 1024, 51305)
+    assert not (text & image).any() and len(every) == 51328
+    assert len(tok.allowed_mask("all")) == 51305  # unpadded by default
 
 
 @pytest.mark.parametrize("task", ["report", "image", "vqa", "text"])

@@ -13,8 +13,8 @@ from lm_data import prepare
 
 from llmcxr_jax import checkpoint
 from llmcxr_jax.configs import load
-from llmcxr_jax.train import checkpoint as train_ckpt
 from llmcxr_jax.train import lm
+from llmcxr_jax.train import state_checkpoint as train_ckpt
 from llmcxr_jax.train.metrics import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]

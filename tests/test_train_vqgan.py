@@ -20,8 +20,8 @@ from llmcxr_jax import checkpoint
 from llmcxr_jax.configs import load
 from llmcxr_jax.models import densenet
 from llmcxr_jax.models.vqgan import VQGAN, get_preset
-from llmcxr_jax.train import checkpoint as train_ckpt
-from llmcxr_jax.train import vqgan
+from llmcxr_jax.train import state_checkpoint as train_ckpt
+from llmcxr_jax.train import vqgan, vqgan_step
 from llmcxr_jax.train.metrics import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,7 +62,7 @@ def test_clinical_loss_has_a_nonzero_gradient():
 
     def loss(p):
         xrec, _ = nnx.merge(ae_g, p)(x)
-        return vqgan.clinical_loss(frozen, {"classifier": s}, x, xrec)
+        return vqgan_step.clinical_loss(frozen, {"classifier": s}, x, xrec)
 
     value, grads = jax.value_and_grad(loss)(ae_p)
     norms = [float(jnp.linalg.norm(v)) for v in jax.tree.leaves(grads)]
@@ -314,7 +314,7 @@ def test_restart_dead_codes_by_hand():
     codebook = jnp.asarray(np.arange(8, dtype=np.float32).reshape(4, 2))
     usage = jnp.asarray([0.0, 3.0, 0.2, 0.6])
     z = jnp.asarray(np.full((1, 3, 2), 100.0, np.float32) + np.arange(3)[None, :, None])
-    book, new_usage, n = vqgan.restart_dead_codes(codebook, usage, z, jax.random.key(0), 0.5)
+    book, new_usage, n = vqgan_step.restart_dead_codes(codebook, usage, z, jax.random.key(0), 0.5)
     book = np.asarray(book)
     assert int(n) == 2  # codes 0 and 2 are below 0.5
     np.testing.assert_array_equal(book[[1, 3]], np.asarray(codebook)[[1, 3]])  # live: unchanged

@@ -7,7 +7,8 @@ reason) and no image, and consumers count and report it.
 
 - `FolderSource`: every JPEG/PNG/DICOM under a directory (ids: paths relative to it), sorted.
 - `SyntheticSource`: labelled procedural images for tests and smoke runs.
-- `phantoms:N[:SEED]`: the embedded phantom chest X-rays (data/phantoms.py), with labels.
+- `PhantomImageSource` (`phantoms:N[:SEED]`): the embedded phantom chest X-rays (data/phantoms/),
+  with labels.
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ import os
 from pathlib import Path
 from typing import Any
 
+import ml_collections
 import numpy as np
 
-from llmcxr_jax.data import images
+from llmcxr_jax.data import images, phantoms
+from llmcxr_jax.data.labels import PAPER_CLASSES, POSITIVE, paper_labels
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".dcm", ".dicom")
 
@@ -86,6 +89,50 @@ class SyntheticSource:
         }
 
 
+class PhantomImageSource:
+    """Grain random-access source of phantom films with the paper's six classes as labels.
+
+    Record i is `phantoms.generate(offset + i, seed=seed)`: image float32 [res, res, 3] in
+    [-1, 1] (`x / 127.5 - 1`, grey repeated, as `images.preprocess`), labels float32 [6] over
+    `labels.PAPER_CLASSES`, 1.0 where the report's label is positive, else 0.0 (uncertain
+    counts as 0, "U-zeros").
+    """
+
+    num_labels = len(PAPER_CLASSES)
+
+    def __init__(
+        self,
+        size: int,
+        resolution: int,
+        *,
+        seed: int = 0,
+        offset: int = 0,
+        sampler: phantoms.CaseSampler | None = None,
+    ):
+        if size < 0 or offset < 0:
+            raise ValueError(f"size and offset must be >= 0, got {size}, {offset}")
+        self.size, self.resolution, self.seed, self.offset = size, resolution, seed, offset
+        self.sampler = sampler
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        i = int(i)
+        if not 0 <= i < self.size:
+            raise IndexError(i)
+        r = phantoms.generate(
+            self.offset + i, seed=self.seed, resolution=self.resolution, sampler=self.sampler
+        )
+        grey = r["image"].astype(np.float32) / np.float32(127.5) - np.float32(1.0)
+        paper = paper_labels(r["labels"])
+        return {
+            "id": r["id"],
+            "image": np.repeat(grey[:, :, None], 3, axis=2),
+            "labels": (paper == POSITIVE).astype(np.float32),
+        }
+
+
 class CachedSource:
     """Keeps every record it has served (in memory): a second epoch reads instead of decoding or
     rendering again. For small data sets (the demo's 2,400 phantoms at 64x64 are 118 MB)."""
@@ -105,6 +152,15 @@ class CachedSource:
         return record
 
 
+def from_config(data: ml_collections.ConfigDict, resolution: int) -> Any:
+    """The source of a training config's `data` (`source`, `allow_upscale`, `cache_in_memory`)."""
+    kwargs = {}
+    if data.source.startswith("folder:"):
+        kwargs["allow_upscale"] = bool(data.get("allow_upscale", False))
+    source = make_source(data.source, resolution, **kwargs)
+    return CachedSource(source) if data.get("cache_in_memory") else source
+
+
 def make_source(spec: str, resolution: int, **kwargs: Any):
     """A source from a short spec: `folder:/path`, `synthetic:N` (N images)."""
     kind, _, arg = spec.partition(":")
@@ -113,8 +169,6 @@ def make_source(spec: str, resolution: int, **kwargs: Any):
     if kind == "synthetic":
         return SyntheticSource(int(arg or 1024), resolution, **kwargs)
     if kind == "phantoms":  # phantoms:N or phantoms:N:SEED (the embedded data set's images)
-        from llmcxr_jax.data import phantoms
-
         size, _, seed = arg.partition(":")
-        return phantoms.PhantomImageSource(int(size or 2000), resolution, seed=int(seed or 0))
+        return PhantomImageSource(int(size or 2000), resolution, seed=int(seed or 0))
     raise ValueError(f"unknown image source {spec!r}; use folder:DIR, phantoms:N or synthetic:N")

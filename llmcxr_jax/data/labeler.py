@@ -44,10 +44,11 @@ Pipeline (`label_report`):
    Pseudo-cues are ignored: "no change", "no interval change", "without change", "no
    increase/decrease", "not only", and "to suggest" (so "no opacity to suggest pneumonia"
    negates pneumonia). "pericardial effusion" is not a pleural effusion.
-4. Aggregation over mentions (CheXpert's rule): positive > uncertain > negative > absent.
-   "No Finding" is positive when no other observation except Support Devices is positive or
-   uncertain, else absent (never negative, as in CheXpert); so "No acute cardiopulmonary
-   process." alone gives No Finding 1. An empty text (after dropping sections) gives all absent.
+4. Aggregation over mentions (CheXpert's rule): positive > uncertain > negative > not
+   mentioned. "No Finding" is positive when no other observation except Support Devices is
+   positive or uncertain, else not mentioned (never negative, as in CheXpert); so "No acute
+   cardiopulmonary process." alone gives No Finding 1. An empty text (after dropping sections)
+   gives all not mentioned. The observations and values are those of `labels.py`.
 
 Debatable conventions, fixed here: "likely" is uncertain (as in CheXpert); "consistent with"
 is positive; "airspace disease" mentions both Lung Opacity and Consolidation;
@@ -63,32 +64,16 @@ from collections.abc import Iterable
 
 import numpy as np
 
-OBSERVATIONS = (
-    "No Finding",
-    "Enlarged Cardiomediastinum",
-    "Cardiomegaly",
-    "Lung Opacity",
-    "Lung Lesion",
-    "Edema",
-    "Consolidation",
-    "Pneumonia",
-    "Atelectasis",
-    "Pneumothorax",
-    "Pleural Effusion",
-    "Pleural Other",
-    "Fracture",
-    "Support Devices",
+from llmcxr_jax.data.labels import (
+    NEGATIVE,
+    NOT_MENTIONED,
+    NUM_OBSERVATIONS,
+    OBSERVATIONS,
+    POSITIVE,
+    RANK,
+    UNCERTAIN,
 )
-POSITIVE, NEGATIVE, UNCERTAIN, ABSENT = 1, 0, -1, -2
-NUM_OBSERVATIONS = len(OBSERVATIONS)
-PAPER_CLASSES = (
-    "No Finding",
-    "Pneumothorax",
-    "Edema",
-    "Pleural Effusion",
-    "Consolidation/Pneumonia",
-    "Lung Lesion",
-)
+
 _IDX = {name: i for i, name in enumerate(OBSERVATIONS)}
 
 # --- mention phrases (lower-case regular expressions) -------------------------------------------
@@ -421,20 +406,16 @@ def clause_labels(clause: str) -> list[tuple[str, int]]:
     return out
 
 
-_RANK = {POSITIVE: 3, UNCERTAIN: 2, NEGATIVE: 1, ABSENT: 0}
-_RANK_LUT = np.array([0, 2, 1, 3], np.int8)  # indexed by value + 2
-
-
 def aggregate(values: dict[str, list[int]] | Iterable[tuple[str, int]]) -> np.ndarray:
-    """(observation, value) pairs -> int8 [14]: positive > uncertain > negative > absent."""
-    labels = np.full(NUM_OBSERVATIONS, ABSENT, np.int8)
+    """(observation, value) pairs -> int8 [14]: positive > uncertain > negative > not mentioned."""
+    labels = np.full(NUM_OBSERVATIONS, NOT_MENTIONED, np.int8)
     pairs = ((o, v) for o, vs in values.items() for v in vs) if isinstance(values, dict) else values
     for obs, value in pairs:
         i = _IDX[obs]
-        if _RANK[value] > _RANK[int(labels[i])]:
+        if RANK[value] > RANK[int(labels[i])]:
             labels[i] = value
     pathology = np.delete(labels[1:], _IDX["Support Devices"] - 1)
-    labels[0] = ABSENT if np.isin(pathology, (POSITIVE, UNCERTAIN)).any() else POSITIVE
+    labels[0] = NOT_MENTIONED if np.isin(pathology, (POSITIVE, UNCERTAIN)).any() else POSITIVE
     return labels
 
 
@@ -443,7 +424,7 @@ def label_report(text: str) -> np.ndarray:
     kept = _drop_sections(text or "")
     clauses = _clauses(kept)
     if not clauses:
-        return np.full(NUM_OBSERVATIONS, ABSENT, np.int8)
+        return np.full(NUM_OBSERVATIONS, NOT_MENTIONED, np.int8)
     return aggregate(pair for clause in clauses for pair in clause_labels(clause))
 
 
@@ -451,25 +432,3 @@ def label_reports(texts: Iterable[str]) -> np.ndarray:
     """Many reports -> int8 [N, 14]."""
     rows = [label_report(t) for t in texts]
     return np.stack(rows) if rows else np.zeros((0, NUM_OBSERVATIONS), np.int8)
-
-
-def paper_labels(labels14: np.ndarray) -> np.ndarray:
-    """[..., 14] -> [..., 6] over PAPER_CLASSES, same value convention.
-
-    Consolidation/Pneumonia merges the two: positive if either is positive, else uncertain if
-    either is uncertain, else negative if either is negative, else absent.
-    """
-    labels = np.asarray(labels14)
-    if labels.shape[-1] != NUM_OBSERVATIONS:
-        raise ValueError(f"expected [..., {NUM_OBSERVATIONS}] labels, got {labels.shape}")
-    cons, pneu = labels[..., _IDX["Consolidation"]], labels[..., _IDX["Pneumonia"]]
-    merged = np.where(_RANK_LUT[cons + 2] >= _RANK_LUT[pneu + 2], cons, pneu)
-    cols = [
-        labels[..., _IDX["No Finding"]],
-        labels[..., _IDX["Pneumothorax"]],
-        labels[..., _IDX["Edema"]],
-        labels[..., _IDX["Pleural Effusion"]],
-        merged,
-        labels[..., _IDX["Lung Lesion"]],
-    ]
-    return np.stack(cols, axis=-1).astype(np.int8)

@@ -13,6 +13,9 @@ Because targets are shifted before packing, no target crosses from one paragraph
 The iterator's position is Grain's state: save it with the checkpoint and restore it, and the
 batches continue exactly. Records whose codes are missing or malformed, or that have no usable
 text for the stage, are skipped and counted in `counters`.
+
+It imports jax because its job is arrays on devices: the batches it returns are global
+`jax.Array`s sharded on the training mesh.
 """
 
 from __future__ import annotations
@@ -30,13 +33,10 @@ import numpy as np
 
 from llmcxr_jax import sharding
 from llmcxr_jax.data import instructions, vqa
+from llmcxr_jax.data.records import field_text
 from llmcxr_jax.tokenizer import MultimodalTokenizer, Paragraph
 
 TEXT_FIELDS = ("id", "subject_id", "study_id", "view", "study_datetime", "findings", "impression")
-
-
-def _str(v: Any) -> str:
-    return v.decode("utf-8") if isinstance(v, bytes) else str(v)
 
 
 class Counters:
@@ -134,10 +134,10 @@ class ImageTextExamples:
 
     def _meta(self, i: int) -> dict[str, Any]:
         r = self.records[i]
-        m = {k: _str(r.get(k, "")) for k in TEXT_FIELDS}
+        m = {k: field_text(r.get(k, "")) for k in TEXT_FIELDS}
         m["index"] = i
         m["labels"] = np.asarray(r.get("labels", np.full(14, -2)), np.int8)
-        m["details"] = _str(r.get("details", "") or "")
+        m["details"] = field_text(r.get("details", "") or "")
         m["codes"] = np.asarray(r.get("codes", ()), np.int64)
         return m
 

@@ -33,24 +33,7 @@ from typing import Any
 
 import numpy as np
 
-# CheXpert observation order (data/labeler.py OBSERVATIONS) and value convention.
-OBSERVATIONS = (
-    "No Finding",
-    "Enlarged Cardiomediastinum",
-    "Cardiomegaly",
-    "Lung Opacity",
-    "Lung Lesion",
-    "Edema",
-    "Consolidation",
-    "Pneumonia",
-    "Atelectasis",
-    "Pneumothorax",
-    "Pleural Effusion",
-    "Pleural Other",
-    "Fracture",
-    "Support Devices",
-)
-POSITIVE, NEGATIVE = 1, 0
+from llmcxr_jax.data.labels import NEGATIVE, OBSERVATIONS, POSITIVE
 
 # observation -> (phrase used in questions, paper class)
 FINDINGS: dict[str, tuple[str, str]] = {
@@ -68,7 +51,7 @@ FINDINGS: dict[str, tuple[str, str]] = {
     "Support Devices": ("a support device", "Other"),
     "Pleural Other": ("another pleural abnormality", "Other"),
 }
-# phantom finding names (data/phantoms.py details) -> observation
+# phantom finding names (data/phantoms/ details) -> observation
 DETAIL_NAMES = {
     "cardiomegaly": "Cardiomegaly",
     "pleural_effusion": "Pleural Effusion",

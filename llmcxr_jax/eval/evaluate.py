@@ -89,6 +89,7 @@ from flax import nnx
 from llmcxr_jax import decode
 from llmcxr_jax.data import images as image_io
 from llmcxr_jax.data import labeler, reports, vqa
+from llmcxr_jax.data.labels import POSITIVE, UNCERTAIN, paper_labels
 from llmcxr_jax.eval import metrics
 from llmcxr_jax.generate import LLMCXR_SAMPLER, Generator
 
@@ -118,10 +119,10 @@ PRESENCE_QUESTIONS: dict[str, str] = _presence_questions()
 
 def binary_labels(texts: Sequence[str], uncertain_positive: bool = False) -> np.ndarray:
     """Reports -> [N, 6] 0/1 over the paper's classes (see the module docstring)."""
-    six = labeler.paper_labels(labeler.label_reports(texts))
-    pos = six == labeler.POSITIVE
+    six = paper_labels(labeler.label_reports(texts))
+    pos = six == POSITIVE
     if uncertain_positive:
-        pos |= six == labeler.UNCERTAIN
+        pos |= six == UNCERTAIN
     return pos.astype(np.int8)
 
 

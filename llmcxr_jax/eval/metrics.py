@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from llmcxr_jax.data.labeler import PAPER_CLASSES  # LLM-CXR's six evaluation classes
+from llmcxr_jax.data.labels import PAPER_CLASSES  # LLM-CXR's six evaluation classes
 
 AVERAGES = ("micro", "macro", "weighted")
 

@@ -702,3 +702,56 @@ def params_of(model: GPTNeoX) -> dict[str, Any]:
 def model_from_params(config: GPTNeoXConfig, params: dict[str, Any]) -> GPTNeoX:
     """A model of `config` holding `params` (a tree shaped like `params_of`'s)."""
     return common.with_variables(GPTNeoX, config, params)
+
+
+# -- growing the vocabulary ------------------------------------------------------------------
+# LLM-CXR keeps GPT-NeoX unchanged and only grows its embedding tables: text tokens first, then
+# one row per VQ-GAN image code (the id layout is the tokenizer's, tokenizer.py). The tables are
+# padded to a multiple of 128 rows (TPU-friendly matmul tiles); the padding rows exist only in
+# memory: their logits are masked and they are dropped on export.
+
+TPU_PAD_MULTIPLE = 128
+
+
+def resize_vocab_params(
+    config: GPTNeoXConfig,
+    params: dict[str, Any],
+    new_vocab_size: int,
+    *,
+    pad_multiple: int = TPU_PAD_MULTIPLE,
+    rng: jax.Array | int = 0,
+    stddev: float = 0.02,
+) -> tuple[GPTNeoXConfig, dict[str, Any]]:
+    """Grow `embed_in` and `embed_out` of a parameter tree (numpy or jax arrays) in place of a
+    model, so a 3B import can be resized without a second copy of the model in memory.
+
+    Rows of existing tokens are kept. New rows (ids old..new-1) are drawn from N(0, stddev^2)
+    independently for `embed_in` and `embed_out`, as LLM-CXR does (0.02 is GPT-NeoX's
+    initializer range; the VQ-GAN codebook is not copied: it lives in another space). Rows past
+    `new_vocab_size` up to the multiple of `pad_multiple` are zero and never produced.
+    """
+    old = config.vocab_size
+    if new_vocab_size < old:
+        raise ValueError(f"resize_vocab only grows the vocabulary: {old} -> {new_vocab_size}")
+    new_config = config.replace(vocab_size=new_vocab_size, vocab_pad_multiple=pad_multiple)
+    vp = new_config.padded_vocab_size
+    d = config.hidden_size
+    key = jax.random.key(rng) if isinstance(rng, int) else rng
+    k_in, k_out = jax.random.split(key)
+
+    def grow_rows(table: Any, k: jax.Array) -> Any:  # [V, D] -> [Vp, D]
+        xp = np if isinstance(table, np.ndarray) else jnp
+        fresh = np.asarray(stddev * jax.random.normal(k, (new_vocab_size - old, d), jnp.float32))
+        pad = xp.zeros((vp - new_vocab_size, d), table.dtype)
+        return xp.concatenate([table[:old], xp.asarray(fresh).astype(table.dtype), pad], axis=0)
+
+    params = dict(params)
+    params["embed_in"] = grow_rows(params["embed_in"], k_in)
+    params["embed_out"] = grow_rows(params["embed_out"], k_out)
+    return new_config, params
+
+
+def resize_vocab(model: GPTNeoX, new_vocab_size: int, **kwargs: Any) -> GPTNeoX:
+    """A copy of `model` with `new_vocab_size` real tokens (see `resize_vocab_params`)."""
+    config, params = resize_vocab_params(model.config, params_of(model), new_vocab_size, **kwargs)
+    return model_from_params(config, params)

@@ -16,15 +16,19 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 from flax import nnx
-from tqdm.auto import tqdm
 
 from llmcxr_jax import sharding
+from llmcxr_jax.data.image_batches import ImageBatches
 from llmcxr_jax.models import densenet
-from llmcxr_jax.train.data import ImageBatches
+from llmcxr_jax.train import loop
 
 
 def make_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, image_size: int):
-    def step(params: nnx.State, stats: nnx.State, opt: Any, batch: dict[str, jax.Array]):
+    """The pure step `((params, stats, opt), batch) -> ((params, stats, opt), metrics)`."""
+
+    def step(state: tuple[nnx.State, nnx.State, Any], batch: dict[str, jax.Array]):
+        params, stats, opt = state
+
         def loss_fn(p: nnx.State, s: nnx.State):
             model = nnx.merge(graphdef, p, s)
             logits = model(densenet.xrv_preprocess(batch["image"], image_size), train=True)
@@ -37,7 +41,8 @@ def make_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, image_si
         grad_fn = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)
         (loss, (new_stats, acc)), (grads, _) = grad_fn(params, stats)
         updates, opt = tx.update(grads, opt, params)
-        return optax.apply_updates(params, updates), new_stats, opt, {"loss": loss, "acc": acc}
+        params = optax.apply_updates(params, updates)
+        return (params, new_stats, opt), {"loss": loss, "acc": acc}
 
     return step
 
@@ -61,25 +66,28 @@ def train(
     mesh = sharding.make_mesh(tuple(mesh_shape))
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     params, stats = jax.device_put((params, stats), replicated)
-    opt = tx.init(params)
-    step = jax.jit(
+    step_fn = jax.jit(
         make_step(graphdef, tx, cfg.image_size),
-        in_shardings=(
-            replicated,
-            replicated,
-            replicated,
-            sharding.logical_sharding(mesh, ("activation_batch",)),
-        ),
+        in_shardings=(replicated, sharding.logical_sharding(mesh, ("activation_batch",))),
         out_shardings=replicated,
-        donate_argnums=(0, 1, 2),
+        donate_argnums=(0,),
     )
     data = ml_collections.ConfigDict(
         {"batch_size": c.batch_size, "seed": seed, "num_threads": c.get("num_threads", 4)}
     )
     batches = ImageBatches(source, data, mesh, keys=("image", "labels"))
-    bar = tqdm(range(c.train_steps), desc="train-classifier", disable=not progress)
-    metrics: dict[str, Any] = {}
-    for _ in bar:
-        params, stats, opt, metrics = step(params, stats, opt, batches.next())
-        bar.set_postfix(loss=f"{float(metrics['loss']):.3f}", acc=f"{float(metrics['acc']):.2f}")
+
+    def log(window: list[loop.Metrics], at: loop.Progress):
+        last = {k: float(v) for k, v in window[-1].items()}
+        return last, {"loss": f"{last['loss']:.3f}", "acc": f"{last['acc']:.2f}"}
+
+    (params, stats, _), _ = loop.run(
+        lambda state, batch, _: step_fn(state, batch),
+        (params, stats, tx.init(params)),
+        batches,
+        loop.Schedule(steps=c.train_steps),
+        log=log,
+        progress=progress,
+        desc="train-classifier",
+    )
     return nnx.merge(graphdef, *jax.device_get((params, stats)))

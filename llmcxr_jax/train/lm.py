@@ -1,4 +1,4 @@
-"""LM finetuning, stage 1 or stage 2 by config: the loop around `lm_step.train_step`.
+"""LM finetuning, stage 1 or stage 2 by config: `lm_step.train_step` in the shared `loop.run`.
 
     llmcxr-jax train --config configs/llmcxr_stage1.py --workdir gs://bucket/stage1
 
@@ -7,13 +7,14 @@
   the parameters of a stage-1 run with a fresh optimizer.
 - Parallelism from `sharding.py`: a (data, fsdp, tensor) mesh from the config (FSDP by default);
   parameters and optimizer state sharded by their logical axes; each host feeds its share of
-  the batch; `jax.distributed.initialize()` first on multi-host TPU.
-- Checkpoints (train/checkpoint.py): parameters, optimizer state, step, the Grain iterator
-  state and the config; automatic resume from the workdir; SIGTERM saves and exits; a damaged
-  newest checkpoint falls back to the previous one.
+  the batch; `jax.distributed.initialize()` first on multi-host TPU. The jitted, sharded step
+  is `lm_step.jit_train_step`, the one `plan` compiles.
+- Checkpoints (loop.py, train/state_checkpoint.py): parameters, optimizer state, step, the
+  Grain iterator state and the config; automatic resume from the workdir; SIGTERM saves and
+  exits; a damaged newest checkpoint falls back to the previous one.
 - Observability: clu metrics averaged between logs, TensorBoard events and metrics.jsonl, a
   progress line (loss, tokens/s, MFU, ETA), held-out loss, and sample generations (a report and
-  an image, as text and PNG) written during training.
+  an image, greedy through `generate.Generator`, as text and PNG) written during training.
 """
 
 from __future__ import annotations
@@ -30,18 +31,16 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 from clu import metrics as clu_metrics
 from flax import nnx
-from tqdm.auto import tqdm
 
 from llmcxr_jax import checkpoint, sharding
 from llmcxr_jax.data import instructions, pipeline
+from llmcxr_jax.data.records import field_text, open_records
+from llmcxr_jax.generate import Generator
 from llmcxr_jax.models.gpt_neox import GPTNeoX, get_preset, model_from_params, params_of
 from llmcxr_jax.tokenizer import MultimodalTokenizer
-from llmcxr_jax.train import checkpoint as train_ckpt
-from llmcxr_jax.train import lm_step, optim
-from llmcxr_jax.train.metrics import MetricWriter
+from llmcxr_jax.train import lm_step, loop, optim
 
 # bf16 dense peak FLOP/s per chip, for the MFU estimate (none known for CPUs).
 PEAK_FLOPS = {
@@ -71,26 +70,6 @@ def peak_flops() -> float | None:
 # --------------------------------------------------------------------------------------------
 
 
-def open_records(data: ml_collections.ConfigDict, split: str) -> Any:
-    """A TFDS data source of the configured builder (images left undecoded: codes suffice)."""
-    import tensorflow_datasets as tfds
-
-    import llmcxr_jax.data.tfds  # noqa: F401  (registers our builders)
-
-    name = data.builder + (f"/{data.builder_config}" if data.get("builder_config") else "")
-    kwargs = dict(data.get("builder_kwargs", {}) or {})
-    builder = tfds.builder(
-        name, data_dir=data.data_dir or None, file_format="array_record", **kwargs
-    )
-    if not builder.is_prepared():
-        raise FileNotFoundError(
-            f"{name} is not prepared in {data.data_dir or '~/tensorflow_datasets'}: run "
-            "`llmcxr-jax prepare-data` (or the demo) first"
-        )
-    decoders = {"image": tfds.decode.SkipDecoding()} if "image" in builder.info.features else None
-    return builder.as_data_source(split, decoders=decoders)
-
-
 def load_tokenizer(
     config: ml_collections.ConfigDict, records: Any, workdir: Path, num_codes: int
 ) -> MultimodalTokenizer:
@@ -105,7 +84,7 @@ def load_tokenizer(
         texts = []
         for i in range(min(len(records), t.get("train_samples", 20000))):
             r = records[i]
-            texts.append(pipeline._str(r["findings"]) + "\n" + pipeline._str(r["impression"]))
+            texts.append(field_text(r["findings"]) + "\n" + field_text(r["impression"]))
         texts += list(instructions.CXR_TO_REPORT + instructions.REPORT_TO_CXR)
         texts += [instructions.INTRO] * 10
         tok = MultimodalTokenizer.train_bpe(
@@ -134,8 +113,7 @@ def build_model(
     image_rows, codebook = _image_embedding_plan(init, tok)
     if init.get("params_from") or init.get("checkpoint"):
         if init.get("params_from"):  # stage 2: a stage-1 run's parameters, a fresh optimizer
-            src = Path(init.params_from)
-            src = src / "model" if (src / "model" / checkpoint.CONFIG_FILE).exists() else src
+            src = checkpoint.model_dir(init.params_from)
         else:
             src = Path(init.checkpoint)
         saved = checkpoint.load_config(src, "gpt_neox")
@@ -158,7 +136,7 @@ def build_model(
         with jax.set_mesh(mesh):
             model = GPTNeoX(cfg, rngs=nnx.Rngs(config.seed))
     if model.config.vocab_size != tok.vocab_size:
-        from llmcxr_jax.vocab import resize_vocab_params
+        from llmcxr_jax.models.gpt_neox import resize_vocab_params
 
         if model.config.vocab_size > tok.vocab_size:
             raise ValueError(
@@ -237,10 +215,9 @@ def estimate_steps(
     return max(1, math.ceil(tokens / (config.data.batch_size * config.data.max_len * 0.97)))
 
 
-def _sample(
-    model: GPTNeoX, tok: MultimodalTokenizer, records: Any, examples: Any, num_codes: int
-) -> dict[str, Any]:
-    """A report for one held-out image and an image (codes) for one held-out report."""
+def _sample(gen: Generator, examples: Any) -> dict[str, Any]:
+    """A report for one held-out image and an image (codes) for one held-out report, both
+    greedy, through `Generator` (as `llmcxr-jax generate` would give them)."""
     from llmcxr_jax import decode
 
     for i in range(len(examples.examples)):
@@ -248,34 +225,20 @@ def _sample(
         if ex.task != "vqa":
             break
     meta = examples.meta[ex.record]
-    codes = meta["codes"].astype(np.int32)
     text = examples.texts[ex.record]
-    stop = [tok.end_id]
-    ids, _ = tok.encode_paragraph(instructions.cxr_to_report_prompt(codes))
-    out = decode.generate(
-        model,
-        ids[None],
-        max_new_tokens=160,
-        stop_tokens=stop,
-        token_mask=tok.allowed_mask("text", model.config.padded_vocab_size),
+    report = gen.reports(
+        [meta["codes"].astype(np.int32)], sampler=decode.GREEDY, max_new_tokens=160
     )
-    n = int(out.lengths[0])
-    report = tok.decode_text(np.asarray(out.tokens[0, :n]))
-    ids, _ = tok.encode_paragraph(instructions.report_to_cxr_prompt(text))
-    prefix = np.concatenate([ids, [tok.image_begin_id]])
-    out = decode.generate(
-        model,
-        prefix[None],
-        max_new_tokens=num_codes,
-        token_mask=tok.allowed_mask("image", model.config.padded_vocab_size),
-    )
-    gen_codes = np.asarray(out.tokens[0]) - tok.text_vocab_size
+    image = gen.images([text], sampler=decode.GREEDY)
+    for r in (report, image):
+        if r.failures:
+            raise ValueError(f"sample of {meta['id']}: {r.failures[0]}")
     return {
         "image_id": meta["id"],
         "reference_report": text,
-        "generated_report": report,
+        "generated_report": report.values[0],
         "report_for_image": text,
-        "generated_codes": gen_codes.tolist(),
+        "generated_codes": image.values[0].tolist(),
     }
 
 
@@ -327,121 +290,77 @@ def train(
     graphdef, params = nnx.split(model, nnx.Param)
     tx = optim.optimizer(config.optim)
     state = lm_step.init_state(params, tx)
-    state_sh = jax.tree.map(
-        lambda s: jax.sharding.NamedSharding(mesh, s),
-        lm_step.TrainState(
-            step=jax.sharding.PartitionSpec(),
-            skipped=jax.sharding.PartitionSpec(),
-            params=sharding.state_specs(state.params, mesh),
-            opt_state=sharding.state_specs(state.opt_state, mesh),
-        ),
-        is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec),
-    )
+    state_sh = lm_step.state_shardings(state, mesh)
     state = jax.device_put(state, state_sh)
     rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    batch_sh = sharding.logical_sharding(mesh, ("activation_batch", None))
+    batch_sh = sharding.logical_sharding(mesh, lm_step.BATCH_AXES)
     loss_cfg = lm_step.LossConfig.from_config(config.loss)
-
-    def jit_step(tx: optax.GradientTransformation) -> Any:
-        return jax.jit(
-            lm_step.make_train_step(graphdef, tx, loss_cfg),
-            in_shardings=(state_sh, batch_sh, rep),
-            out_shardings=(state_sh, rep),
-            donate_argnums=(0,),
-        )
-
-    step_fn = jit_step(tx)
+    step_fn = lm_step.jit_train_step(graphdef, tx, loss_cfg, state_sh, mesh)
     eval_fn = jax.jit(
         lm_step.make_eval_step(graphdef),
         in_shardings=(state_sh.params, batch_sh),
         out_shardings=rep,
     )
-
-    ckpt = train_ckpt.TrainCheckpointer(
-        workdir, every=config.ckpt_every, keep=config.keep_checkpoints
-    )
-    start = 0
-    resumed = ckpt.restore_latest(state)
-    if resumed is not None:
-        start, state, extra = resumed
-        batches.set_state(extra["data"])
-        print(f"resumed from {ckpt.directory}/{start}", flush=True)
     if config.get("time_budget_s"):
+        # measured on this run's state before its checkpoint is restored: a resumed run reads
+        # the step count its first run wrote (BUDGET_FILE) and measures nothing
         steps = _steps_for_budget(config, workdir, step_fn, state, batches, t_train)
         if config.optim.get("decay") == "cosine":
             config.optim.decay_steps = max(steps - int(config.optim.warmup_steps), 1)
-        step_fn = jit_step(optim.optimizer(config.optim))  # same state layout, new schedule
-    writer = MetricWriter(workdir, enable_tensorboard=config.get("tensorboard", True))
+        tx = optim.optimizer(config.optim)  # same state layout, new schedule
+        step_fn = lm_step.jit_train_step(graphdef, tx, loss_cfg, state_sh, mesh)
+
     fpt, peak = flops_per_token(model.config, config.data.max_len), peak_flops()
-    avg = None
-    last: dict[str, float] = {}
-    t_log = time.time()
-    t_start, step = time.time(), start
-    bar = tqdm(
-        total=steps, initial=start, desc=f"train stage {config.data.stage}", disable=not progress
-    )
-    with train_ckpt.PreemptionGuard() as guard, jax.set_mesh(mesh):
-        while step < steps:
-            batch = batches.next()
-            state, metrics = step_fn(state, batch, jax.random.key(step))
-            step += 1
-            bar.update(1)
-            update = clu_metrics.Average.from_model_output(metrics["loss"])
-            avg = update if avg is None else avg.merge(update)
-            if step % config.log_every == 0 or step == steps:
-                now = time.time()
-                rows = config.data.batch_size * config.data.max_len
-                tok_s = rows * (step - (last.get("step") or start)) / max(now - t_log, 1e-9)
-                last = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                last.update(
-                    step=step,
-                    loss_avg=float(avg.compute()),
-                    tokens_per_s=tok_s,
-                    lr=float(optim.schedule(config.optim)(step)),
-                )
-                if peak:
-                    last["mfu"] = tok_s * fpt / (peak * jax.device_count())
-                last.update({f"skipped_{k}": v for k, v in counters.as_dict().items()})
-                writer.scalars(step, last)
-                eta = (steps - step) * (now - t_start) / max(step - start, 1)
-                bar.set_postfix(
-                    loss=f"{last['loss_avg']:.3f}",
-                    tok_s=f"{tok_s:,.0f}",
-                    mfu=f"{last['mfu']:.1%}" if peak else "-",
-                    eta=f"{eta / 60:.0f}m",
-                )
-                avg, t_log = None, now
-            if config.eval_every and step % config.eval_every == 0:
-                last.update(
-                    _evaluate(config, tok, mesh, eval_fn, state.params, num_codes, writer, step)
-                )
-            if config.sample_every and step % config.sample_every == 0:
-                _write_sample(
-                    workdir,
-                    step,
-                    graphdef,
-                    state.params,
-                    tok,
-                    records,
-                    image_text,
-                    num_codes,
-                    writer,
-                    config,
-                )
-            if ckpt.should_save(step) or step == steps or guard.requested:
-                ckpt.save(step, state, {"data": batches.get_state(), "step": step})
-            if guard.requested:
-                print(f"SIGTERM: saved step {step} to {ckpt.directory}; exiting", flush=True)
-                break
-    bar.close()
-    ckpt.close()
-    writer.close()
-    if step >= steps:
+    lr = optim.schedule(config.optim)
+
+    def log(window: list[loop.Metrics], at: loop.Progress):
+        avg = clu_metrics.Average.from_model_output(window[0]["loss"])
+        for m in window[1:]:
+            avg = avg.merge(clu_metrics.Average.from_model_output(m["loss"]))
+        rows = config.data.batch_size * config.data.max_len
+        tok_s = rows * at.log_steps / max(at.log_seconds, 1e-9)
+        last = {k: float(v) for k, v in jax.device_get(window[-1]).items()}
+        last.update(
+            step=at.step, loss_avg=float(avg.compute()), tokens_per_s=tok_s, lr=float(lr(at.step))
+        )
+        if peak:
+            last["mfu"] = tok_s * fpt / (peak * jax.device_count())
+        last.update({f"skipped_{k}": v for k, v in counters.as_dict().items()})
+        postfix = {
+            "loss": f"{last['loss_avg']:.3f}",
+            "tok_s": f"{tok_s:,.0f}",
+            "mfu": f"{last['mfu']:.1%}" if peak else "-",
+            "eta": f"{at.eta_s / 60:.0f}m",
+        }
+        return last, postfix
+
+    def sample(step: int, state: lm_step.TrainState, batch: Any, writer: Any) -> None:
+        _write_sample(
+            workdir, step, graphdef, state.params, tok, image_text, num_codes, writer, config
+        )
+
+    def export(state: lm_step.TrainState) -> None:
         model = nnx.merge(graphdef, jax.device_get(state.params))
         checkpoint.save_model(workdir / "model", model, overwrite=True)
         if (workdir / "model" / "tokenizer").exists():
             shutil.rmtree(workdir / "model" / "tokenizer")
         shutil.copytree(workdir / "tokenizer", workdir / "model" / "tokenizer")
+
+    _, last = loop.run(
+        lambda state, batch, step: step_fn(state, batch, jax.random.key(step)),
+        state,
+        batches,
+        loop.Schedule.from_config(config, steps),
+        workdir=workdir,
+        log=log,
+        evaluate=lambda step, state: _evaluate(config, tok, mesh, eval_fn, state.params, num_codes),
+        sample=sample,
+        export=export,
+        mesh=mesh,
+        tensorboard=config.get("tensorboard", True),
+        progress=progress,
+        desc=f"train stage {config.data.stage}",
+    )
     drops = counters.as_dict()
     if drops:
         print(f"train: skipped (counted, not trained on): {drops}", flush=True)
@@ -498,7 +417,7 @@ def _steps_for_budget(
     return steps
 
 
-def _evaluate(config, tok, mesh, eval_fn, params, num_codes, writer, step) -> dict[str, float]:
+def _evaluate(config, tok, mesh, eval_fn, params, num_codes) -> dict[str, float]:
     """Mean loss on a fixed set of held-out batches (same batches at every evaluation)."""
     records = open_records(config.data, config.data.eval_split)
     batches, _ = pipeline.from_config(config, records, tok, num_codes=num_codes, mesh=mesh)
@@ -507,26 +426,25 @@ def _evaluate(config, tok, mesh, eval_fn, params, num_codes, writer, step) -> di
         aux = jax.device_get(eval_fn(params, batches.next()))
         for k, v in aux.items():
             sums[k] = sums.get(k, 0.0) + float(v)
-    out = {
+    return {
         "eval_loss": sums["ce_sum"] / max(sums["tokens"], 1.0),
         "eval_accuracy": sums["correct"] / max(sums["tokens"], 1.0),
     }
-    writer.scalars(step, out)
-    return out
 
 
-def _write_sample(
-    workdir, step, graphdef, params, tok, records, examples, num_codes, writer, config
-) -> None:
+def _write_sample(workdir, step, graphdef, params, tok, examples, num_codes, writer, config):
+    """`samples/step_XXXXXX.json` (and, with `config.vqgan`, the image as PNG and in
+    TensorBoard) of the model at `params`."""
     model = nnx.merge(graphdef, jax.device_get(params))
-    s = _sample(model, tok, records, examples, num_codes)
+    vq = checkpoint.load_model(config.vqgan, expect="vqgan") if config.get("vqgan") else None
+    gen = Generator(model, tok, vq, num_codes=num_codes, batch_size=1)
+    s = _sample(gen, examples)
     out = workdir / "samples"
     out.mkdir(exist_ok=True)
     (out / f"step_{step:06d}.json").write_text(json.dumps(s, indent=2))
-    if config.get("vqgan"):
+    if vq is not None:
         from llmcxr_jax.data.images import image_grid, save_png
 
-        vq = checkpoint.load_model(config.vqgan, expect="vqgan")
-        img = np.clip(np.asarray(vq.decode(jnp.asarray([s["generated_codes"]])))[0], -1, 1)
+        img = gen.decode(np.asarray(s["generated_codes"], np.int32))
         save_png(img, out / f"step_{step:06d}.png")
         writer.image(step, "generated_image", image_grid(img[None], ncols=1))

@@ -14,8 +14,9 @@ accumulation gives exactly the un-split step. Parameters are fp32 masters; the m
 in its configured dtype (bf16 on TPU). A step whose loss or gradient is not finite changes
 nothing but the `skipped` counter.
 
-Everything sharding-related is declared in `sharding.py`; the jitted step gets in/out
-shardings from there (see train/lm.py) and donates the state.
+Everything sharding-related is declared in `sharding.py`; `jit_train_step` builds the jitted
+step with in/out shardings from there and a donated state. It is the one builder: `train`
+(train/lm.py) runs it and `plan` (train/plan.py) compiles it.
 """
 
 from __future__ import annotations
@@ -29,7 +30,11 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from llmcxr_jax import sharding
+
 Array = jax.Array
+P = jax.sharding.PartitionSpec
+BATCH_AXES = ("activation_batch", None)  # logical axes of every [batch, length] input
 
 
 @jax.tree_util.register_dataclass
@@ -195,6 +200,44 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, cf
         return new_state, metrics
 
     return train_step
+
+
+def state_specs(state: TrainState, mesh: jax.sharding.Mesh) -> TrainState:
+    """The PartitionSpecs of a train state (concrete or abstract): parameters and optimizer
+    state by their logical axes, the counters replicated."""
+    return TrainState(
+        step=P(),
+        skipped=P(),
+        params=sharding.state_specs(state.params, mesh),
+        opt_state=sharding.state_specs(state.opt_state, mesh),
+    )
+
+
+def state_shardings(state: TrainState, mesh: jax.sharding.Mesh) -> TrainState:
+    """`state_specs` as NamedShardings on `mesh`."""
+    return jax.tree.map(
+        lambda s: jax.sharding.NamedSharding(mesh, s),
+        state_specs(state, mesh),
+        is_leaf=lambda x: isinstance(x, P),
+    )
+
+
+def jit_train_step(
+    graphdef: nnx.GraphDef,
+    tx: optax.GradientTransformation,
+    cfg: LossConfig,
+    state_sh: TrainState,
+    mesh: jax.sharding.Mesh,
+) -> Any:
+    """The jitted, sharded `train_step(state, batch, rng)`: the state sharded as `state_sh`
+    (`state_shardings`) and donated, the batch on `BATCH_AXES`, rng and metrics replicated."""
+    rep = jax.sharding.NamedSharding(mesh, P())
+    return jax.jit(
+        make_train_step(graphdef, tx, cfg),
+        in_shardings=(state_sh, sharding.logical_sharding(mesh, BATCH_AXES), rep),
+        out_shardings=(state_sh, rep),
+        donate_argnums=(0,),
+    )
 
 
 def make_eval_step(graphdef: nnx.GraphDef):

@@ -87,28 +87,16 @@ def plan(config: ml_collections.ConfigDict, mesh_shape: tuple[int, int, int]) ->
     graphdef, params = nnx.split(abstract_model(cfg), nnx.Param)
     tx = optim.optimizer(config.optim)
     state = jax.eval_shape(lambda p: lm_step.init_state(p, tx), params)
-    specs = lm_step.TrainState(
-        step=jax.sharding.PartitionSpec(),
-        skipped=jax.sharding.PartitionSpec(),
-        params=sharding.state_specs(state.params, mesh),
-        opt_state=sharding.state_specs(state.opt_state, mesh),
-    )
-    is_spec = lambda x: isinstance(x, jax.sharding.PartitionSpec)
-    state_sh = jax.tree.map(lambda s: jax.sharding.NamedSharding(mesh, s), specs, is_leaf=is_spec)
+    specs = lm_step.state_specs(state, mesh)
+    state_sh = lm_step.state_shardings(state, mesh)
     b, t = config.data.batch_size, config.data.max_len
-    batch_sh = sharding.logical_sharding(mesh, ("activation_batch", None))
+    batch_sh = sharding.logical_sharding(mesh, lm_step.BATCH_AXES)
     batch = {
         k: jax.ShapeDtypeStruct((b, t), jnp.int32, sharding=batch_sh)
         for k in ("tokens", "targets", "loss_mask", "segment_ids", "positions")
     }
-    rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     loss_cfg = lm_step.LossConfig.from_config(config.loss)
-    step = jax.jit(
-        lm_step.make_train_step(graphdef, tx, loss_cfg),
-        in_shardings=(state_sh, batch_sh, rep),
-        out_shardings=(state_sh, rep),
-        donate_argnums=(0,),
-    )
+    step = lm_step.jit_train_step(graphdef, tx, loss_cfg, state_sh, mesh)  # what `train` runs
     t0 = time.time()
     with jax.set_mesh(mesh):
         compiled = step.lower(

@@ -11,7 +11,6 @@ name: `tfds.data_source("cxr_phantoms/64", data_dir=..., split="train")`.
 """
 
 from llmcxr_jax.data.tfds.common import (
-    OBSERVATIONS,
     SKIP_REASONS,
     CxrBuilder,
     CxrConfig,
@@ -23,7 +22,6 @@ from llmcxr_jax.data.tfds.mimic_cxr_jpg import MimicCxrJpg
 from llmcxr_jax.data.tfds.open_i import OpenI
 
 __all__ = [
-    "OBSERVATIONS",
     "SKIP_REASONS",
     "CxrBuilder",
     "CxrConfig",

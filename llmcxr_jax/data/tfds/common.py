@@ -41,27 +41,10 @@ from etils import epath
 from PIL import Image
 from tensorflow_datasets.core import utils as tfds_utils
 
-log = logging.getLogger(__name__)
+from llmcxr_jax.data import codes as codes_store
+from llmcxr_jax.data.labels import NOT_MENTIONED, NUM_OBSERVATIONS
 
-# CheXpert observation order (identical to data/labeler.py OBSERVATIONS)
-OBSERVATIONS = (
-    "No Finding",
-    "Enlarged Cardiomediastinum",
-    "Cardiomegaly",
-    "Lung Opacity",
-    "Lung Lesion",
-    "Edema",
-    "Consolidation",
-    "Pneumonia",
-    "Atelectasis",
-    "Pneumothorax",
-    "Pleural Effusion",
-    "Pleural Other",
-    "Fracture",
-    "Support Devices",
-)
-NUM_OBSERVATIONS = len(OBSERVATIONS)
-POSITIVE, NEGATIVE, UNCERTAIN, NOT_MENTIONED = 1, 0, -1, -2
+log = logging.getLogger(__name__)
 
 FEATURE_DOC = {
     "id": "image id (MIMIC dicom_id; Open-i image name without extension; phantom id)",
@@ -183,13 +166,11 @@ def cxr_png(src: Any, resolution: int, *, allow_upscale: bool = False, name: str
 
 
 class Codes:
-    """The codes written by `encode-images` (data/encode.py), looked up by code id."""
+    """The codes written by `encode-images` (a data/codes.py store), looked up by code id."""
 
     def __init__(self, codes_dir: str | os.PathLike):
-        from llmcxr_jax.data import encode
-
         self.dir = Path(codes_dir)
-        manifest_file = self.dir / encode.MANIFEST
+        manifest_file = self.dir / codes_store.MANIFEST
         if not manifest_file.is_file():
             raise FileNotFoundError(f"{manifest_file}: no manifest (not an encode-images output)")
         manifest = json.loads(manifest_file.read_text())
@@ -198,7 +179,7 @@ class Codes:
         if self.n_embed > np.iinfo(np.int16).max + 1:
             raise ValueError(f"{codes_dir}: n_embed {self.n_embed} does not fit the int16 codes")
         self._codes: dict[str, np.ndarray] = {}
-        for cid, codes in encode.iter_codes(self.dir):
+        for cid, codes in codes_store.iter_codes(self.dir):
             self._codes[str(cid)] = np.asarray(codes)
 
     def __len__(self) -> int:

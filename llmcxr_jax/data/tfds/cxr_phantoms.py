@@ -1,4 +1,4 @@
-"""The embedded CXR phantom data set (data/phantoms.py) as a TFDS builder of the shared schema.
+"""The embedded CXR phantom data set (data/phantoms/) as a TFDS builder of the shared schema.
 
 Why: MIMIC-CXR is credentialed and Open-i may not be redistributed, so the demo, the tests and
 smoke runs need data that can be made anywhere with no download: procedural chest X-ray

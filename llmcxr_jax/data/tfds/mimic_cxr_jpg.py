@@ -35,12 +35,13 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from llmcxr_jax.data import reports
+from llmcxr_jax.data.labels import NEGATIVE, NOT_MENTIONED, OBSERVATIONS, POSITIVE, UNCERTAIN
 from llmcxr_jax.data.tfds import common
 
 METADATA_CSV = "mimic-cxr-2.0.0-metadata.csv.gz"
 SPLIT_CSV = "mimic-cxr-2.0.0-split.csv.gz"
 CHEXPERT_CSV = "mimic-cxr-2.0.0-chexpert.csv.gz"
-_LABEL_VALUES = {1: common.POSITIVE, 0: common.NEGATIVE, -1: common.UNCERTAIN}
+_LABEL_VALUES = {1: POSITIVE, 0: NEGATIVE, -1: UNCERTAIN}
 
 
 def _norm_id(value: str | None) -> str:
@@ -85,11 +86,11 @@ def read_labels(root: Path) -> dict[tuple[str, str], np.ndarray]:
     out: dict[tuple[str, str], np.ndarray] = {}
     for row in _open_csv(root, CHEXPERT_CSV):
         labels = common.empty_labels()
-        for k, obs in enumerate(common.OBSERVATIONS):
+        for k, obs in enumerate(OBSERVATIONS):
             v = (row.get(obs) or "").strip()
             if v:
                 with contextlib.suppress(ValueError):
-                    labels[k] = _LABEL_VALUES.get(int(float(v)), common.NOT_MENTIONED)
+                    labels[k] = _LABEL_VALUES.get(int(float(v)), NOT_MENTIONED)
         out[_norm_id(row.get("subject_id")), _norm_id(row.get("study_id"))] = labels
     return out
 

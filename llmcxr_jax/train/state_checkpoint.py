@@ -1,10 +1,11 @@
-"""Training checkpoints: the whole train state, resumable, robust to preemption and damage.
+"""Train-state checkpoints: the whole train state, resumable, robust to preemption and damage.
 
 A train state is any pytree of arrays (nnx States, optax states, counters). It is stored flat,
 one entry per leaf named by its tree path (`.ae['encoder']['conv_in']['kernel']`), so Orbax never
 has to understand our containers, and restored into the tree structure the current code builds.
 Beside it, a small JSON item holds what is not an array: the data iterator's state, the config,
-the wall-clock time.
+the wall-clock time. (A model checkpoint, the weights and config a finished run exports, is
+`llmcxr_jax/checkpoint.py`.)
 
 - `workdir/checkpoints/<step>/` via `orbax.checkpoint.CheckpointManager`: saved every
   `every` steps (asynchronously), the newest `keep` kept.
@@ -26,6 +27,8 @@ from typing import Any
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+from llmcxr_jax import checkpoint as model_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +56,9 @@ class TrainCheckpointer:
         self, workdir: str | os.PathLike, *, every: int, keep: int = 3, async_save: bool = True
     ):
         p = str(workdir)
-        self.directory = p if "://" in p else os.path.abspath(os.path.join(p, "checkpoints"))
+        # a URL workdir (gs://...) holds the steps itself; a local one in `checkpoints/`
+        local = os.path.join(p, "checkpoints")
+        self.directory = model_checkpoint.absolute(p if model_checkpoint.is_remote(p) else local)
         self.every = every
         self.manager = ocp.CheckpointManager(
             self.directory,

@@ -1,26 +1,12 @@
-"""The multimodal vocabulary: LLM-CXR's id layout and resizing the embedding tables."""
+"""Growing GPT-NeoX's embedding tables to the multimodal vocabulary (`gpt_neox.resize_vocab`);
+the id layout itself is the tokenizer's (test_tokenizer.py)."""
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
-from llmcxr_jax.models.gpt_neox import GPTNeoX, get_preset
-from llmcxr_jax.vocab import MultimodalVocab, resize_vocab
-
-
-def test_llm_cxr_id_layout():
-    v = MultimodalVocab()
-    assert (v.size, v.padded_size, v.image_range) == (51305, 51328, (50281, 51305))
-    np.testing.assert_array_equal(v.code_to_id([0, 1023]), [50281, 51304])
-    np.testing.assert_array_equal(v.id_to_code([50281, 51304]), [0, 1023])
-    with pytest.raises(ValueError, match=r"\[0, 1024\)"):
-        v.code_to_id([1024])
-    with pytest.raises(ValueError, match="outside the image range"):
-        v.id_to_code([50280])
-    text, image, every = (v.allowed_mask(k) for k in ("text", "image", "all"))
-    assert (text.sum(), image.sum(), every.sum()) == (50281, 1024, 51305)
-    assert not (text & image).any() and len(every) == 51328
+from llmcxr_jax.models.gpt_neox import GPTNeoX, get_preset, resize_vocab
 
 
 def test_resize_keeps_old_rows_adds_normal_rows_and_masks_padding():

@@ -1,10 +1,14 @@
 """Image batches for VQ-GAN and classifier training: shuffled, per host, on the mesh, resumable.
 
-A Grain pipeline over a random-access image source: shuffle (a new order every epoch), repeat,
-take this host's share, read in threads, drop records whose image could not be read (counted and
-listed, never silently), batch, and assemble the hosts' batches into global arrays sharded on
-the mesh's batch axes. Its position is Grain's iterator state: saved with every checkpoint and
-restored on resume, so a resumed run sees exactly the batches an uninterrupted run would.
+A Grain pipeline over a random-access image source (`image_sources.py`): shuffle (a new order
+every epoch), repeat, take this host's share, read in threads, drop records whose image could
+not be read (counted and listed, never silently), batch, and assemble the hosts' batches into
+global arrays sharded on the mesh's batch axes. Its position is Grain's iterator state: saved
+with every checkpoint and restored on resume, so a resumed run sees exactly the batches an
+uninterrupted run would.
+
+It imports jax because its job is arrays on devices: the batches it returns are global
+`jax.Array`s laid out on the training mesh.
 """
 
 from __future__ import annotations
@@ -17,15 +21,6 @@ import ml_collections
 import numpy as np
 
 from llmcxr_jax import sharding
-from llmcxr_jax.data import image_sources
-
-
-def image_source(data: ml_collections.ConfigDict, resolution: int) -> Any:
-    kwargs = {}
-    if data.source.startswith("folder:"):
-        kwargs["allow_upscale"] = bool(data.get("allow_upscale", False))
-    source = image_sources.make_source(data.source, resolution, **kwargs)
-    return image_sources.CachedSource(source) if data.get("cache_in_memory") else source
 
 
 class ImageBatches:
