@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from llmcxr_jax import sharding
+from llmcxr_jax.errors import InputError, OutputExistsError
 from llmcxr_jax.models import common
 
 CONFIG_FILE = "model_config.json"
@@ -29,8 +31,149 @@ PARAMS_DIR = "params"
 WORKDIR_MODEL = "model"  # where a training run (train, train-vqgan) saves its final model
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(InputError):
     """A checkpoint that is missing, truncated or does not match its config."""
+
+
+class DamagedCheckpointError(CheckpointError):
+    """A checkpoint whose files are truncated or damaged (not one that merely does not match)."""
+
+
+# TensorStore statuses that say nothing about the files' content: a full memory, a flaky
+# network or missing permissions must not get a good checkpoint called damaged.
+_NOT_DAMAGE = (
+    "RESOURCE_EXHAUSTED",
+    "UNAVAILABLE",
+    "DEADLINE_EXCEEDED",
+    "PERMISSION_DENIED",
+    "UNAUTHENTICATED",
+    "CANCELLED",
+    "out of memory",
+)
+_TS_STATUS = re.compile(r"^[A-Z][A-Z_]+: ")
+_TS_FILE = re.compile(r'(?:local file |at )"([^"]+)"')
+
+
+def _chain(e: BaseException) -> list[BaseException]:
+    chain: list[BaseException] = []
+    while e is not None and all(e is not c for c in chain):
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    return chain
+
+
+def is_damage(e: BaseException) -> bool:
+    """Whether an error raised while reading a checkpoint's files says they are damaged (and
+    not that memory ran out, the network failed or access was denied)."""
+    for x in _chain(e):
+        if isinstance(x, MemoryError | PermissionError | ConnectionError | TimeoutError):
+            return False
+        if any(word in str(x) for word in _NOT_DAMAGE):
+            return False
+    return True
+
+
+def damage_message(where: str | os.PathLike, e: BaseException) -> str:
+    """One line for a checkpoint `where` that Orbax could not read: the file (when the error
+    names one) and the reason, "truncated or damaged"; not the 60-line TensorStore spec that
+    Orbax puts in its own message."""
+    chain = _chain(e)
+    # the TensorStore status ("DATA_LOSS: ...", "OUT_OF_RANGE: ...") says the most, then a JSON
+    # or OS error (a metadata file); else the error raised
+    pick = next(
+        (x for x in chain if _TS_STATUS.match(str(x))),
+        next((x for x in chain if isinstance(x, json.JSONDecodeError | OSError)), chain[0]),
+    )
+    text = (str(pick).strip().splitlines() or [""])[0]
+    for cut in (" [tensorstore_spec", " [source locations", ". See full TensorStore details"):
+        text = text.split(cut)[0]
+    files = _TS_FILE.findall(text)
+    if files:
+        file = files[-1]
+        reason = text.rsplit(f'"{file}": ', 1)[-1]
+        root = str(where).rstrip("/") + "/"
+        shown = file[len(root) :] if file.startswith(root) and file != root else file
+        if len(reason) > 300:
+            reason = reason[:300] + "..."
+        return f"checkpoint {where}: file {shown} is truncated or damaged ({reason})"
+    reason = text if _TS_STATUS.match(text) else f"{type(pick).__name__}: {text}"
+    if len(reason) > 300:
+        reason = reason[:300] + "..."
+    json_errors = [x for x in chain if isinstance(x, json.JSONDecodeError)]
+    bad = _bad_json_file(where, json_errors[0].doc) if json_errors else None
+    if bad is not None:
+        return f"checkpoint {where}: file {bad} is truncated or damaged ({reason})"
+    return f"checkpoint {where} is truncated or damaged ({reason})"
+
+
+_JSON_FILES = ("_CHECKPOINT_METADATA", "_METADATA", "_sharding", "metadata")
+
+
+def _bad_json_file(where: str | os.PathLike, doc: str) -> str | None:
+    """Which of Orbax's small JSON files under the local directory `where` holds `doc`, the
+    text that did not parse (a JSON error from Orbax does not say which file it read); else the
+    first of them that does not parse."""
+    if is_remote(where) or not Path(where).is_dir():
+        return None
+    root = Path(where)
+    candidates = sorted(
+        f
+        for f in root.rglob("*")
+        if f.is_file() and (f.name in _JSON_FILES or f.parent.name == "array_metadatas")
+    )
+    unparsed = []
+    for f in candidates:
+        try:
+            if f.stat().st_size > 64 << 20:
+                continue
+            text = f.read_bytes().decode("utf-8", errors="replace")
+            if text == doc:
+                return str(f.relative_to(root))
+            json.loads(text)
+        except (OSError, ValueError):
+            unparsed.append(str(f.relative_to(root)))
+    return unparsed[0] if unparsed else None
+
+
+def _key_name(path: tuple[Any, ...]) -> str:
+    """A tree path as a name that does not depend on how Orbax stored the keys (ints as str)."""
+    parts = (getattr(k, "key", getattr(k, "idx", getattr(k, "name", k))) for k in path)
+    return "/".join(str(p) for p in parts)
+
+
+def stored_shapes(metadata: Any) -> dict[str, tuple[int, ...]] | None:
+    """{parameter name: shape} of an Orbax tree's metadata (None when Orbax has none)."""
+    tree = getattr(metadata, "tree", metadata)
+    if tree is None:
+        return None
+    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {_key_name(path): tuple(getattr(leaf, "shape", ())) for path, leaf in flat}
+
+
+def check_stored_shapes(
+    where: str | os.PathLike, stored: dict[str, tuple[int, ...]] | None, target: Any, what: str
+) -> None:
+    """A `CheckpointError` naming the first entry that `target` (arrays or abstract arrays)
+    and the checkpoint's `stored` shapes disagree on; `what` says what the target is."""
+    if stored is None:
+        return
+    want = {
+        _key_name(path): tuple(np.shape(leaf))
+        for path, leaf in jax.tree_util.tree_flatten_with_path(target)[0]
+    }
+    for name, shape in want.items():
+        if name not in stored:
+            raise CheckpointError(f"{where}: has no entry {name}, which {what} needs")
+        if stored[name] != shape:
+            raise CheckpointError(
+                f"{where}: entry {name} has shape {stored[name]}, {what} expects {shape}"
+            )
+    extra = sorted(set(stored) - set(want))
+    if extra:
+        raise CheckpointError(
+            f"{where}: holds entries {what} does not have ({', '.join(extra[:3])}"
+            f"{', ...' if len(extra) > 3 else ''})"
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,7 +237,7 @@ def save_params(
     model_type = model_type_of(config)
     root = Path(absolute(path))
     if (root / PARAMS_DIR).exists() and not overwrite:
-        raise FileExistsError(f"{root} already holds a checkpoint (pass overwrite to replace it)")
+        raise OutputExistsError(f"{root} already holds a checkpoint (pass overwrite to replace it)")
     root.mkdir(parents=True, exist_ok=True)
     with ocp.StandardCheckpointer() as ckptr:
         ckptr.save(root / PARAMS_DIR, params, force=overwrite)
@@ -157,13 +300,29 @@ def load_model(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
     )
     params_dir = Path(absolute(path)) / PARAMS_DIR
-    try:
-        with ocp.StandardCheckpointer() as ckptr:
+    if not params_dir.is_dir():
+        raise CheckpointError(f"{params_dir}: no such directory; the checkpoint is incomplete")
+    with ocp.StandardCheckpointer() as ckptr:
+        try:
+            stored = stored_shapes(ckptr.metadata(params_dir).item_metadata)
+        except Exception as e:
+            raise read_error(params_dir, e) from e
+        check_stored_shapes(params_dir, stored, target, "the config")
+        try:
             restored = ckptr.restore(params_dir, target)
-    except Exception as e:  # orbax raises many types; name the file and keep the cause
-        raise CheckpointError(f"{params_dir}: cannot restore parameters: {e}") from e
+        except Exception as e:  # Orbax raises many types; one line naming the file
+            raise read_error(params_dir, e) from e
     _check_shapes(params_dir, target, restored)
     return common.with_variables(kind.model_cls, config, restored)
+
+
+def read_error(where: str | os.PathLike, e: BaseException) -> CheckpointError:
+    """The one-line error for an Orbax read of the checkpoint `where` that raised `e`: damaged
+    files (`DamagedCheckpointError`, naming the file), else why it could not be read."""
+    if is_damage(e):
+        return DamagedCheckpointError(damage_message(where, e))
+    first = (str(e).strip().splitlines() or [""])[0]
+    return CheckpointError(f"checkpoint {where}: cannot read ({type(e).__name__}: {first})")
 
 
 def _check_shapes(where: Path, target: Any, restored: Any) -> None:

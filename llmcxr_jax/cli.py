@@ -1,21 +1,262 @@
-"""The `llmcxr-jax` command: one console script, a subcommand per job."""
+"""The `llmcxr-jax` command: one console script, a subcommand per job.
+
+Bad input is the user's to fix and gets one line: `llmcxr-jax COMMAND: error: MESSAGE` on
+stderr and exit status 2, where MESSAGE names the input and the reason. That line is made in
+one place, `main`, from exactly `llmcxr_jax.errors.InputError`; any other exception is a bug
+and keeps its traceback. Argument values are checked by argparse (same status, same shape of
+line). Batches (`generate`) report each bad item as `error: ITEM: REASON`, complete the good
+ones and exit 1. docs/bad-inputs.md lists what each kind of bad input gives.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
+import shutil
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from llmcxr_jax.errors import (  # imports nothing
+    InputError,
+    MissingInputError,
+    OutputExistsError,
+    positive_int,
+)
 from llmcxr_jax.sharding import request_host_devices  # imports no JAX: usable before it starts
+
+# Hints in library messages name the Python API; from the command line, name the flags.
+CLI_HINTS = (
+    ("(pass tokenizer=...)", "(pass --tokenizer DIR)"),
+    ("(use Sampler.argmax() for greedy)", "(use --greedy for greedy decoding)"),
+    ("(Generator.load(..., vqgan=...))", "(pass --vqgan DIR)"),
+    ("(pass allow_upscale=True to upscale)", "(pass --allow-upscale to upscale)"),
+    ("(pass overwrite to replace it)", "(pass --overwrite to replace it)"),
+)
+
+
+def cli_words(message: str) -> str:
+    """A library message as the command line says it: on one line, flags for API hints."""
+    text = " ".join(str(message).split())
+    for api, flag in CLI_HINTS:
+        text = text.replace(api, flag)
+    return text
+
+
+class _LineTracker:
+    """stderr, remembering whether the last thing written ended a line.
+
+    tqdm draws its bars with `\r` and, closing a bar with leave=False, erases it without a
+    newline: an `error:` line written next would sit on the bar's line, and `grep '^error:'`
+    on a redirected stderr would miss it. `error_line` starts a new line first when needed.
+    """
+
+    def __init__(self, stream: Any):
+        self.stream = stream
+        self.at_line_start = True
+
+    def write(self, text: str) -> int:
+        if text:
+            self.at_line_start = text.endswith("\n")
+        return self.stream.write(text)
+
+    def __getattr__(self, name: str) -> Any:  # flush, isatty, fileno, encoding, ...
+        return getattr(self.stream, name)
+
+
+def error_line(text: str) -> None:
+    """Write `text` as one whole line of stderr, at the start of a line."""
+    err = sys.stderr
+    if isinstance(err, _LineTracker) and not err.at_line_start:
+        err.write("\n")
+    print(cli_words(text), file=err, flush=True)
+
+
+# --- argument types: a bad value is argparse's one-line error, exit status 2 ---------------
+
+
+def positive_int_arg(text: str) -> int:
+    try:
+        return positive_int(int(text), "value")
+    except (ValueError, InputError):
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
+
+
+def non_negative_int_arg(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
+    return value
+
+
+def probability_arg(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be a number in (0, 1], got {text!r}")
+    return value
+
+
+def positive_float_arg(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}")
+    return value
+
+
+def non_negative_float_arg(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}")
+    return value
+
+
+def mesh_arg(text: str) -> tuple[int, int, int]:
+    try:
+        mesh = tuple(positive_int(int(x), "size") for x in text.split(","))
+    except (ValueError, InputError):
+        mesh = ()
+    if len(mesh) != 3:
+        raise argparse.ArgumentTypeError(
+            f"must be three positive integers DATA,FSDP,TENSOR, got {text!r}"
+        )
+    return mesh  # type: ignore[return-value]
+
+
+def temperature_arg(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(
+            f"must be a number > 0, got {text!r} (--greedy decodes greedily)"
+        )
+    return value
+
+
+# --- outputs: refused when present unless --overwrite, written under a temporary name -------
+
+
+def refuse_existing(path: Path, overwrite: bool, *, what: str = "--out") -> None:
+    """An OutputExistsError unless `path` is absent, an empty directory, or `overwrite`."""
+    if overwrite or not (path.exists() or path.is_symlink()):
+        return
+    if path.is_dir() and not path.is_symlink() and not any(path.iterdir()):
+        return
+    kind = "a non-empty directory" if path.is_dir() else "a file"
+    raise OutputExistsError(f"{what} {path}: is {kind} already (pass --overwrite to replace it)")
+
+
+def _temporary_name(final: Path) -> Path:
+    """A hidden name beside `final` (same file system: the rename is atomic)."""
+    return final.with_name(f".{final.stem}-tmp{os.getpid()}{final.suffix}")
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+@contextlib.contextmanager
+def written_as(*finals: Path) -> Iterator[list[Path]]:
+    """Temporary paths for `finals`; renamed onto them (replacing what is there) only when the
+    block completes, removed when it fails: an interrupted write leaves no half output."""
+    temps = [_temporary_name(f) for f in finals]
+    for t in temps:
+        _remove(t)
+    try:
+        yield temps
+    except BaseException:
+        for t in temps:
+            _remove(t)
+        raise
+    for t, f in zip(temps, finals, strict=True):
+        old = None
+        if f.is_dir() and not f.is_symlink():  # a directory cannot be renamed over: move it
+            old = f.with_name(f".{f.name}-old{os.getpid()}")
+            f.replace(old)
+        elif t.is_dir() and (f.exists() or f.is_symlink()):
+            f.unlink()
+        t.replace(f)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _local(path: str) -> bool:
+    return "://" not in path  # gs://... is written by Orbax's own file system layer
+
+
+def _save_checkpoint(out: str, config: Any, params: Any, overwrite: bool) -> None:
+    """A model checkpoint at `out`, written under a temporary name and renamed."""
+    from llmcxr_jax import checkpoint
+
+    if not _local(out):
+        checkpoint.save_params(out, config, params, overwrite=overwrite)
+        return
+    with written_as(Path(out)) as (tmp,):
+        checkpoint.save_params(tmp, config, params, overwrite=True)
+
+
+# the count fields of a Hugging Face GPT-NeoX config.json (max_position_embeddings optional)
+HF_COUNT_FIELDS = (
+    "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "max_position_embeddings",
+)
+
+
+def check_hf_config(hf_dir: Path) -> None:
+    """config.json of a Hugging Face directory: a JSON object whose counts are positive
+    integers, or an InputError naming the file and the field (before any weight is read)."""
+    f = hf_dir / "config.json"
+    if not hf_dir.is_dir():
+        raise MissingInputError(f"--hf-dir {hf_dir}: no such directory")
+    if not f.is_file():
+        raise MissingInputError(f"{f}: no such file (a Hugging Face model directory has one)")
+    try:
+        hf = json.loads(f.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InputError(f"{f}: unreadable JSON ({e})") from e
+    if not isinstance(hf, dict):
+        raise InputError(f"{f}: holds a JSON {type(hf).__name__}, expected an object of fields")
+    for field in HF_COUNT_FIELDS:
+        if field in hf:
+            positive_int(hf[field], f"{f}: {field}")
+        elif field != "max_position_embeddings":
+            raise InputError(f"{f}: missing field {field!r}")
+    heads, hidden = hf["num_attention_heads"], hf["hidden_size"]
+    if hidden % heads:
+        raise InputError(
+            f"{f}: hidden_size {hidden} is not divisible by num_attention_heads {heads}"
+        )
 
 
 def _import_hf(args: argparse.Namespace) -> None:
-    from llmcxr_jax import checkpoint
+    if _local(args.out):
+        refuse_existing(Path(args.out), args.overwrite)
+    check_hf_config(Path(args.hf_dir))
     from llmcxr_jax.convert import hf_gpt_neox
     from llmcxr_jax.models.gpt_neox import resize_vocab_params
 
@@ -26,13 +267,18 @@ def _import_hf(args: argparse.Namespace) -> None:
         progress=True,
     )
     note = ""
+    if args.vocab_size and args.vocab_size < config.vocab_size:
+        raise InputError(
+            f"--vocab-size {args.vocab_size}: smaller than {args.hf_dir}'s {config.vocab_size} "
+            "tokens (it can only grow the vocabulary)"
+        )
     if args.vocab_size and args.vocab_size != config.vocab_size:
         old = config.vocab_size
         config, params = resize_vocab_params(
             config, params, args.vocab_size, pad_multiple=args.vocab_pad_multiple, rng=args.seed
         )
         note = f", vocabulary grown {old} -> {config.vocab_size} (new rows N(0, 0.02))"
-    checkpoint.save_params(args.out, config, params, overwrite=args.overwrite)
+    _save_checkpoint(args.out, config, params, args.overwrite)
     print(
         f"import-hf: {args.hf_dir} -> {args.out}: {config.num_params() / 1e9:.3f} B parameters"
         f", tables padded to {config.padded_vocab_size} rows{note}"
@@ -44,17 +290,24 @@ def _export_hf(args: argparse.Namespace) -> None:
     from llmcxr_jax.convert import hf_gpt_neox
     from llmcxr_jax.models.gpt_neox import params_of
 
+    out = Path(args.out)
+    refuse_existing(out, args.overwrite)
     model = checkpoint.load_model(args.checkpoint)
-    out = hf_gpt_neox.export_hf(model.config, params_of(model), args.out, dtype=args.dtype)
+    with written_as(out) as (tmp,):
+        hf_gpt_neox.export_hf(model.config, params_of(model), tmp, dtype=args.dtype)
     print(f"export-hf: {args.checkpoint} -> {out} ({model.config.vocab_size} tokens, {args.dtype})")
 
 
 def _import_taming(args: argparse.Namespace) -> None:
-    from llmcxr_jax import checkpoint
+    if _local(args.out):
+        refuse_existing(Path(args.out), args.overwrite)
+    for flag, path in (("--ckpt", args.ckpt), ("--config", args.config)):
+        if not Path(path).is_file():
+            raise MissingInputError(f"{flag} {path}: no such file")
     from llmcxr_jax.convert import taming
 
     config, params, skipped = taming.import_taming(args.ckpt, args.config)
-    checkpoint.save_params(args.out, config, params, overwrite=args.overwrite)
+    _save_checkpoint(args.out, config, params, args.overwrite)
     note = ""
     if skipped:
         note = (
@@ -72,8 +325,16 @@ def _export_taming(args: argparse.Namespace) -> None:
     from llmcxr_jax.convert import taming
     from llmcxr_jax.models import common
 
+    ckpt = Path(args.out)
+    yml = ckpt.with_suffix(".yaml")  # where taming.export_taming puts the config
+    if ckpt.is_dir():
+        raise InputError(f"--out {ckpt}: is a directory; give the .ckpt file to write")
+    refuse_existing(ckpt, args.overwrite)
+    refuse_existing(yml, args.overwrite, what="--out's config")
     model = checkpoint.load_model(args.checkpoint, expect="vqgan")
-    ckpt, yml = taming.export_taming(model.config, common.variables_of(model), args.out)
+    ckpt.parent.mkdir(parents=True, exist_ok=True)
+    with written_as(ckpt, yml) as (tmp, _):
+        taming.export_taming(model.config, common.variables_of(model), tmp)
     print(f"export-taming: {args.checkpoint} -> {ckpt} and {yml}")
 
 
@@ -124,7 +385,7 @@ def _train(args: argparse.Namespace) -> None:
 def _plan(args: argparse.Namespace) -> None:
     import math
 
-    meshes = [tuple(int(x) for x in m.split(",")) for m in (args.mesh or [])]
+    meshes = list(args.mesh or [])
     ladder = [(1, c, 1) for c in (1, 2, 4, 8)]  # FSDP over 1..8 chips: where does it start to fit?
     meshes = list(dict.fromkeys(meshes + ladder))
     request_host_devices(max(math.prod(m) for m in meshes))
@@ -177,7 +438,9 @@ def builder_kwargs(items: Sequence[str] | None) -> dict[str, Any]:
 
     kwargs: dict[str, Any] = {}
     for item in items or []:
-        key, _, value = item.partition("=")
+        key, eq, value = item.partition("=")
+        if not eq or not key.isidentifier():
+            raise InputError(f"--builder-kwarg {item!r}: not of the form KEY=VALUE")
         try:
             kwargs[key] = ast.literal_eval(value)
         except (ValueError, SyntaxError):
@@ -185,19 +448,56 @@ def builder_kwargs(items: Sequence[str] | None) -> dict[str, Any]:
     return kwargs
 
 
+@contextlib.contextmanager
+def new_paths_removed_on_failure(root: Path) -> Iterator[None]:
+    """If the block fails, remove what it created under `root` (paths that were not there
+    before; `root` itself and its parent directories when it made them), so that a refused or
+    failed data set leaves nothing behind and a data set prepared before stays as it was."""
+    before = set(root.rglob("*")) if root.is_dir() else None
+    made: list[Path] = []  # root and the parents the block may create, innermost first
+    p = root
+    while not p.exists() and p != p.parent:
+        made.append(p)
+        p = p.parent
+    try:
+        yield
+    except BaseException:
+        if before is None:
+            shutil.rmtree(root, ignore_errors=True)
+        else:
+            for q in sorted(root.rglob("*"), key=lambda q: len(q.parts), reverse=True):
+                if q not in before:
+                    _remove(q)
+        for q in made[1:]:
+            with contextlib.suppress(OSError):
+                q.rmdir()  # only when empty
+        raise
+
+
 def _prepare_data(args: argparse.Namespace) -> None:
-    import tensorflow_datasets as tfds
-
-    import llmcxr_jax.data.tfds as builders
-
+    # inputs first: TFDS would otherwise create directories before finding them missing
+    for flag, path in (("--manual-dir", args.manual_dir), ("--codes-dir", args.codes_dir)):
+        if path and not Path(path).is_dir():
+            raise MissingInputError(f"{flag} {path}: no such directory")
+    if args.manual_dir and not any(Path(args.manual_dir).iterdir()):
+        raise InputError(
+            f"--manual-dir {args.manual_dir}: is empty; put the downloaded files there"
+        )
+    data_dir = Path(args.data_dir)
+    if data_dir.exists() and not data_dir.is_dir():
+        raise InputError(f"--data-dir {data_dir}: exists and is not a directory")
     kwargs = builder_kwargs(args.builder_kwarg)
     if args.codes_dir:
         kwargs["codes_dir"] = args.codes_dir
-    builder = tfds.builder(
-        args.builder, data_dir=args.data_dir, file_format="array_record", **kwargs
-    )
+    import tensorflow_datasets as tfds
+
+    import llmcxr_jax.data.tfds as builders
+    from llmcxr_jax.data.records import tfds_builder
+
+    builder = tfds_builder(args.builder, args.data_dir, **kwargs)
     config = tfds.download.DownloadConfig(manual_dir=args.manual_dir) if args.manual_dir else None
-    builder.download_and_prepare(download_config=config)
+    with new_paths_removed_on_failure(data_dir):
+        builder.download_and_prepare(download_config=config)
     counts = {s: builder.info.splits[s].num_examples for s in builder.info.splits}
     print(
         f"prepare-data: {args.builder} in {builder.data_dir}: {counts}; "
@@ -205,11 +505,82 @@ def _prepare_data(args: argparse.Namespace) -> None:
     )
 
 
+def read_codes(path: str) -> np.ndarray:
+    """`--codes FILE.npy`: an integer array [N, h*w], never unpickled."""
+    try:
+        codes = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise MissingInputError(f"--codes {path}: no such file") from None
+    except IsADirectoryError:
+        raise InputError(f"--codes {path}: is a directory, not a .npy file") from None
+    except (OSError, ValueError, EOFError) as e:  # not .npy, truncated, or pickled objects
+        raise InputError(f"--codes {path}: not a readable .npy array ({cli_words(e)})") from e
+    if not isinstance(codes, np.ndarray):  # an .npz archive
+        raise InputError(f"--codes {path}: an .npz archive; give one .npy array [N, h*w]")
+    if codes.ndim != 2 or not len(codes):
+        raise InputError(
+            f"--codes {path}: an array of shape {codes.shape}; expected [N, h*w] with N >= 1 "
+            "(one row of codes per image)"
+        )
+    if not np.issubdtype(codes.dtype, np.integer):
+        raise InputError(f"--codes {path}: {codes.dtype} values; codes are integers")
+    return codes
+
+
+def read_reports(args: argparse.Namespace) -> list[str]:
+    """The texts of `--report` and `--reports-file` (one per line)."""
+    reports = list(args.report or [])
+    if args.reports_file:
+        path = Path(args.reports_file)
+        try:
+            reports += path.read_text(encoding="utf-8").splitlines()
+        except FileNotFoundError:
+            raise MissingInputError(f"--reports-file {path}: no such file") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise InputError(f"--reports-file {path}: unreadable ({cli_words(e)})") from e
+    if not reports:
+        raise InputError("no reports: give --report TEXT (repeatable) or --reports-file FILE")
+    return reports
+
+
+def _write_text(path: Path, text: str) -> None:
+    with written_as(path) as (tmp,):
+        tmp.write_text(text, encoding="utf-8")
+
+
 def _generate(args: argparse.Namespace) -> None:
-    """One line per result on stdout, one `error: ITEM: PROBLEM` line per bad input on stderr;
-    the good inputs complete, and the exit status is 1 when any failed."""
+    """One line per result on stdout, one `error: ITEM: PROBLEM` line per bad input on stderr
+    (the first problem found with it: an unreadable image is not also "wrong codes"); the good
+    inputs complete, and the exit status is 1 when any failed. Arguments that stop the whole
+    command (a missing checkpoint, no inputs) are InputErrors: one line, status 2."""
     from llmcxr_jax import decode
-    from llmcxr_jax.generate import Generator, Results
+    from llmcxr_jax.generate import Failure, Generator, Results
+
+    # Everything that can be checked without the model is checked before loading it.
+    out = Path(args.out) if args.out else None
+    if out and out.exists() and not out.is_dir():
+        raise InputError(f"--out {out}: exists and is not a directory")
+    reports: list[str] = []
+    codes = None
+    if args.task == "image":
+        reports = read_reports(args)
+    elif args.codes and args.images:
+        raise InputError("give --images FILE... or --codes FILE.npy, not both")
+    elif args.codes:
+        codes = read_codes(args.codes)
+    elif not args.images:
+        raise InputError(f"generate {args.task}: give --images FILE... or --codes FILE.npy")
+    elif not args.vqgan:
+        raise InputError("--images: image files need --vqgan DIR (the VQ-GAN that encodes them)")
+    questions: list[str] = list(args.question or [])
+    if args.task == "vqa":
+        n = len(codes) if codes is not None else len(args.images)
+        if len(questions) == 1:
+            questions *= n
+        if len(questions) != n:
+            raise InputError(
+                f"{len(questions)} --question for {n} images: give one question, or one per image"
+            )
 
     gen = Generator.load(
         args.checkpoint, args.vqgan, tokenizer=args.tokenizer, batch_size=args.batch_size
@@ -218,44 +589,41 @@ def _generate(args: argparse.Namespace) -> None:
         sampler = decode.GREEDY
     else:
         sampler = decode.Sampler(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
-    out = Path(args.out) if args.out else None
+    if codes is not None and codes.shape[1] != gen.num_codes:
+        raise InputError(
+            f"--codes {args.codes}: rows of {codes.shape[1]} codes; this model's images have "
+            f"{gen.num_codes}"
+        )
     if out:
         out.mkdir(parents=True, exist_ok=True)
-
-    def inputs() -> tuple[list[Any], list[str], Results | None]:
-        if args.codes:
-            codes = np.load(args.codes, allow_pickle=False)
-            return list(codes), [f"{args.codes}[{i}]" for i in range(len(codes))], None
-        if not args.images:
-            raise ValueError("give --images FILE... or --codes FILE.npy")
-        enc = gen.encode_files(args.images, allow_upscale=args.allow_upscale)
-        return enc.values, [str(p) for p in args.images], enc
 
     rows: list[dict[str, Any]] = []
     common = dict(seed=args.seed, progress=True)
     if args.task == "image":
-        reports = list(args.report or [])
-        if args.reports_file:
-            reports += Path(args.reports_file).read_text(encoding="utf-8").splitlines()
-        if not reports:
-            raise ValueError("give --report TEXT (repeatable) or --reports-file FILE")
         names = [f"report {i}" for i in range(len(reports))]
         res = gen.images(reports, sampler=sampler, names=names, **common)
         good = res.ok
         if out and good:
-            np.save(out / "codes.npy", np.stack([res.values[i] for i in good]))
-        if good and gen.vqgan is not None:
+            with written_as(out / "codes.npy") as (tmp,), open(tmp, "wb") as f:
+                np.save(f, np.stack([res.values[i] for i in good]))
+        if out and good and gen.vqgan is not None:
             from llmcxr_jax.data.images import save_png
 
             pixels = gen.decode(np.stack([res.values[i] for i in good]))
             for j, i in enumerate(good):
-                if out:
-                    save_png(pixels[j], out / f"image_{i:04d}.png")
+                with written_as(out / f"image_{i:04d}.png") as (tmp,):
+                    save_png(pixels[j], tmp)
         for i, r in enumerate(reports):
             png = str(out / f"image_{i:04d}.png") if out and i in good else None
             rows.append({"input": r, "png": png})
     else:
-        values, names, enc = inputs()
+        enc: Results | None = None
+        if codes is not None:
+            values: list[Any] = list(codes)
+            names = [f"{args.codes}[{i}]" for i in range(len(codes))]
+        else:
+            enc = gen.encode_files(args.images, allow_upscale=args.allow_upscale)
+            values, names = enc.values, [str(p) for p in args.images]
         if args.task == "report":
             res = gen.reports(
                 values,
@@ -267,11 +635,6 @@ def _generate(args: argparse.Namespace) -> None:
             )
             key = "report"
         else:
-            questions = list(args.question or [])
-            if len(questions) == 1:
-                questions *= len(values)
-            if len(questions) != len(values):
-                raise ValueError(f"{len(questions)} questions for {len(values)} images")
             res = gen.answers(
                 values,
                 questions,
@@ -281,17 +644,21 @@ def _generate(args: argparse.Namespace) -> None:
                 **common,
             )
             key = "answer"
-        if enc is not None:  # images that could not be read come first in the failures
-            res.failures = sorted(enc.failures + res.failures, key=lambda f: f.index)
+        if enc is not None:  # an image that could not be read keeps that reason, not "no codes"
+            unread = {f.index for f in enc.failures}
+            later = [f for f in res.failures if f.index not in unread]
+            res.failures = sorted(enc.failures + later, key=lambda f: f.index)
         for i, name in enumerate(names):
             rows.append({"input": name, key: res.values[i]})
             if args.task == "vqa":
                 rows[-1]["question"] = questions[i]
-    failed = {f.index: f for f in res.failures}
+    failed: dict[int, Failure] = {}
+    for f in res.failures:
+        failed.setdefault(f.index, f)
     for i, row in enumerate(rows):
         if i in failed:
-            row["error"] = failed[i].message
-            print(f"error: {failed[i]}", file=sys.stderr)
+            row["error"] = cli_words(failed[i].message)
+            error_line(f"error: {failed[i]}")
         elif args.task == "image":
             print(f"{row['input']!r} -> {row['png'] or 'codes'}")
         elif args.task == "report":
@@ -300,11 +667,10 @@ def _generate(args: argparse.Namespace) -> None:
             print(f"{row['input']}: {row['question']} -> {row['answer']}")
     if out:
         name = {"report": "reports", "image": "images", "vqa": "answers"}[args.task]
-        with open(out / f"{name}.jsonl", "w", encoding="utf-8") as f:
-            for row in rows:
-                f.write(json.dumps(row, default=_jsonable) + "\n")
+        lines = "".join(json.dumps(row, default=_jsonable) + "\n" for row in rows)
+        _write_text(out / f"{name}.jsonl", lines)
     if failed:
-        print(f"generate: {len(failed)} of {len(rows)} inputs failed", file=sys.stderr)
+        error_line(f"llmcxr-jax generate: {len(failed)} of {len(rows)} inputs failed")
         raise SystemExit(1)
 
 
@@ -381,13 +747,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="model checkpoint directory to write")
     p.add_argument(
         "--vocab-size",
-        type=int,
+        type=non_negative_int_arg,
         default=0,
         help="grow the vocabulary to this many tokens (LLM-CXR: 51305)",
     )
     p.add_argument(
         "--vocab-pad-multiple",
-        type=int,
+        type=positive_int_arg,
         default=128,
         help="pad embedding tables to a multiple of this (masked, dropped on export)",
     )
@@ -400,6 +766,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="model checkpoint directory")
     p.add_argument("--out", required=True, help="directory for config.json + safetensors")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     p.set_defaults(func=_export_hf)
 
     p = sub.add_parser("import-taming", help="VQ-GAN weights from a taming-transformers .ckpt")
@@ -412,14 +779,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export-taming", help="VQ-GAN weights to a taming-transformers .ckpt")
     p.add_argument("--checkpoint", required=True, help="VQ-GAN model checkpoint directory")
     p.add_argument("--out", required=True, help=".ckpt file to write (a .yaml goes beside it)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.set_defaults(func=_export_taming)
 
     p = sub.add_parser("encode-images", help="pre-tokenise a data set's images into codes")
     p.add_argument("--checkpoint", required=True, help="VQ-GAN model checkpoint directory")
     p.add_argument("--source", required=True, help="folder:DIR or synthetic:N")
     p.add_argument("--out", required=True, help="directory for the code shards")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--shard-size", type=int, default=1024)
+    p.add_argument("--batch-size", type=positive_int_arg, default=16)
+    p.add_argument("--shard-size", type=positive_int_arg, default=1024)
     p.set_defaults(func=_encode_images)
 
     p = sub.add_parser(
@@ -449,10 +817,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--mesh",
         action="append",
+        type=mesh_arg,
         metavar="DATA,FSDP,TENSOR",
         help="mesh shapes to try (repeatable); FSDP over 1-8 chips is always tried",
     )
-    p.add_argument("--hbm-gib", type=float, default=32.0, help="memory per chip (TPU v4: 32)")
+    p.add_argument(
+        "--hbm-gib", type=positive_float_arg, default=32.0, help="memory per chip (TPU v4: 32)"
+    )
     p.set_defaults(func=_plan, takes_overrides=True)
 
     p = sub.add_parser("generate", help="reports from CXRs, CXRs from reports, VQA answers")
@@ -469,12 +840,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="directory for PNGs, codes.npy and a JSONL of the results")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--greedy", action="store_true", help="greedy instead of sampling")
-    p.add_argument("--top-p", type=float, default=0.92, help="nucleus mass (LLM-CXR: 0.92)")
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--num-samples", type=int, default=1, help="reports per image (report)")
-    p.add_argument("--max-new-tokens", type=int, default=256, help="text length cap")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument(
+        "--top-p", type=probability_arg, default=0.92, help="nucleus mass (LLM-CXR: 0.92)"
+    )
+    p.add_argument("--top-k", type=non_negative_int_arg, default=0, help="0: off")
+    p.add_argument("--temperature", type=temperature_arg, default=1.0)
+    p.add_argument(
+        "--num-samples", type=positive_int_arg, default=1, help="reports per image (report)"
+    )
+    p.add_argument("--max-new-tokens", type=positive_int_arg, default=256, help="text length cap")
+    p.add_argument("--batch-size", type=positive_int_arg, default=16)
     p.set_defaults(func=_generate)
 
     p = sub.add_parser("evaluate", help="the paper's evaluation tables for a checkpoint")
@@ -486,24 +861,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default="", help="TFDS data dir of the prepared data set")
     p.add_argument("--builder-kwarg", action="append", metavar="KEY=VALUE")
     p.add_argument("--split", default="test")
-    p.add_argument("--stage", type=int, default=2, help="which report text the model learned")
-    p.add_argument("--num-reports", type=int, default=4, help="sampled reports per image")
-    p.add_argument("--num-images", type=int, default=1, help="generated films per report")
-    p.add_argument("--vqa-questions", type=int, default=2, help="per image (0: no VQA)")
-    p.add_argument("--uncertain-positive", action="store_true", help="count uncertain as 1")
-    p.add_argument("--max-new-tokens", type=int, default=256, help="report length cap")
-    p.add_argument("--top-p", type=float, default=0.92)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-items", type=int, default=0, help="0: the whole split")
     p.add_argument(
-        "--bootstrap", type=int, default=1000, help="resamples for the 95%% intervals (0: none)"
+        "--stage", type=int, choices=[1, 2], default=2, help="which report text the model learned"
+    )
+    p.add_argument(
+        "--num-reports", type=positive_int_arg, default=4, help="sampled reports per image"
+    )
+    p.add_argument(
+        "--num-images", type=positive_int_arg, default=1, help="generated films per report"
+    )
+    p.add_argument(
+        "--vqa-questions", type=non_negative_int_arg, default=2, help="per image (0: no VQA)"
+    )
+    p.add_argument("--uncertain-positive", action="store_true", help="count uncertain as 1")
+    p.add_argument("--max-new-tokens", type=positive_int_arg, default=256, help="report length cap")
+    p.add_argument("--top-p", type=probability_arg, default=0.92)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-items", type=non_negative_int_arg, default=0, help="0: the whole split")
+    p.add_argument(
+        "--bootstrap",
+        type=non_negative_int_arg,
+        default=1000,
+        help="resamples for the 95%% intervals (0: none)",
     )
     p.add_argument(
         "--no-probability-score",
         action="store_true",
         help="skip the deterministic p(yes) CXR-to-report score",
     )
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=positive_int_arg, default=32)
     p.add_argument("--out", required=True, help="directory for the JSON, Markdown and PNG")
     p.set_defaults(func=_evaluate)
 
@@ -512,7 +898,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default="demo_run.py", help="configs/ file[:arg]")
     p.add_argument(
         "--minutes",
-        type=float,
+        type=non_negative_float_arg,
         default=0.0,
         help="scale the recipe to this time budget (0: the 10-minute recipe as configured)",
     )
@@ -549,12 +935,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     func: Callable[[argparse.Namespace], None] = args.func
+    stderr = sys.stderr
+    sys.stderr = _LineTracker(stderr)
     try:
         func(args)
-    except (ValueError, KeyError, TypeError, FileExistsError, FileNotFoundError, RuntimeError) as e:
-        # Bad input is the user's to fix: one line naming the file and the problem.
-        print(f"llmcxr-jax {args.command}: error: {e}", file=sys.stderr)
+    except InputError as e:
+        # Bad input is the user's to fix: one line naming the input and the problem. Any
+        # other exception is a bug and keeps its traceback.
+        error_line(f"llmcxr-jax {args.command}: error: {e}")
         raise SystemExit(2) from None
+    finally:
+        if isinstance(sys.stderr, _LineTracker):
+            sys.stderr = stderr
 
 
 if __name__ == "__main__":

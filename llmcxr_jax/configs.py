@@ -18,8 +18,10 @@ from typing import Any
 
 import ml_collections
 
+from llmcxr_jax.errors import InputError
 
-class ConfigError(ValueError):
+
+class ConfigError(InputError):
     """A config file or override that cannot be applied."""
 
 

@@ -33,6 +33,7 @@ import numpy as np
 from flax import nnx
 
 from llmcxr_jax import sharding
+from llmcxr_jax.errors import InputError, positive_int
 from llmcxr_jax.models.gpt_neox import GPTNeoX, KVCache
 
 Array = jax.Array
@@ -379,13 +380,14 @@ def generate(
         raise ValueError(f"prompt_mask shape {mask.shape} differs from prompt_tokens {(B, P)}")
     _check_prompt_mask(np.asarray(mask))
     cfg = model.config
+    positive_int(max_new_tokens, "max_new_tokens")
     if P + max_new_tokens > cfg.max_position_embeddings:
         raise ValueError(
             f"prompt {P} + {max_new_tokens} new tokens exceed the model's "
             f"{cfg.max_position_embeddings} positions"
         )
     if not sampler.greedy and not sampler.temperature > 0:
-        raise ValueError("sampling needs temperature > 0 (use Sampler.argmax() for greedy)")
+        raise InputError("sampling needs temperature > 0 (use Sampler.argmax() for greedy)")
     if vocab_range is None:
         allowed = allowed_ids(cfg.vocab_size, cfg.padded_vocab_size, token_mask, B)
     else:

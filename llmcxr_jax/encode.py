@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from llmcxr_jax import sharding
 from llmcxr_jax.data import codes as codes_store
+from llmcxr_jax.errors import InputError
 from llmcxr_jax.models.vqgan import VQGAN
 
 
@@ -77,7 +78,7 @@ def encode_dataset(
     place: Any = jnp.asarray
     if mesh is not None and mesh.size > 1:
         if batch_size % mesh.size:
-            raise ValueError(f"batch_size {batch_size} does not divide over {mesh.size} devices")
+            raise InputError(f"batch_size {batch_size} does not divide over {mesh.size} devices")
         batch_sharding = sharding.logical_sharding(mesh, ("activation_batch",))
         place = lambda x: jax.device_put(x, batch_sharding)  # noqa: E731
         graphdef, state = nnx.split(model)  # the weights replicated on every device

@@ -37,6 +37,7 @@ from llmcxr_jax import checkpoint
 from llmcxr_jax import decode as decoding
 from llmcxr_jax.data import images as image_io
 from llmcxr_jax.data import instructions
+from llmcxr_jax.errors import InputError, MissingInputError, positive_int
 from llmcxr_jax.models.gpt_neox import GPTNeoX
 from llmcxr_jax.tokenizer import MultimodalTokenizer, Paragraph
 
@@ -44,12 +45,11 @@ LLMCXR_SAMPLER = decoding.Sampler(top_p=0.92)  # the original's sampling for eve
 PROMPT_BUCKET = 32  # prompt lengths are padded up to a multiple of this (fewer compilations)
 
 
-class InputError(ValueError):
-    """An input that cannot be used; the message names it and says why, on one line."""
-
-
 @dataclasses.dataclass(frozen=True)
 class Failure:
+    """Input `index` (named `item`) failed; `message` says why without repeating the item, so
+    that `str(failure)` names it once: `bad/x.png: empty file`."""
+
     index: int
     item: str
     message: str
@@ -74,8 +74,13 @@ class Results:
         return len(self.values)
 
 
-def _one_line(e: BaseException) -> str:
-    return " ".join(str(e).split()) or type(e).__name__
+def _one_line(e: BaseException, name: str = "") -> str:
+    """The exception's message on one line, without a leading `name: ` (a `Failure` names its
+    item once; library messages such as ImageError's already start with the file name)."""
+    text = " ".join(str(e).split()) or type(e).__name__
+    if name and text.startswith(f"{name}: "):
+        text = text[len(name) + 2 :] or type(e).__name__
+    return text
 
 
 def _run_each(items: Sequence[Any], names: Sequence[str], fn: Callable[[Any], Any]) -> Results:
@@ -85,7 +90,7 @@ def _run_each(items: Sequence[Any], names: Sequence[str], fn: Callable[[Any], An
         try:
             out.values[i] = fn(item)
         except (InputError, ValueError, OSError) as e:
-            out.failures.append(Failure(i, name, _one_line(e)))
+            out.failures.append(Failure(i, name, _one_line(e, name)))
     return out
 
 
@@ -102,23 +107,26 @@ class Generator:
         batch_size: int = 16,
     ):
         if model.config.vocab_size != tokenizer.vocab_size:
-            raise ValueError(
-                f"model vocabulary {model.config.vocab_size} != tokenizer {tokenizer.vocab_size}"
+            raise InputError(
+                f"the model's vocabulary ({model.config.vocab_size} tokens) differs from the "
+                f"tokenizer's ({tokenizer.vocab_size}): not the tokenizer it was trained with"
             )
         if vqgan is not None:
             vq = vqgan.config
             if vq.n_embed != tokenizer.num_image_codes:
-                raise ValueError(
-                    f"VQ-GAN codebook {vq.n_embed} != tokenizer's {tokenizer.num_image_codes} codes"
+                raise InputError(
+                    f"the VQ-GAN's codebook ({vq.n_embed} codes) differs from the tokenizer's "
+                    f"{tokenizer.num_image_codes} image codes: not the VQ-GAN of this model"
                 )
             side = vq.latent_size
             if num_codes is not None and num_codes != side * side:
-                raise ValueError(f"num_codes {num_codes} != the VQ-GAN's {side}x{side}")
+                raise InputError(f"num_codes {num_codes} != the VQ-GAN's {side}x{side}")
             num_codes = side * side
         if num_codes is None:
-            raise ValueError("num_codes is needed when no VQ-GAN is given")
+            raise InputError("num_codes is needed when no VQ-GAN is given")
         self.model, self.tokenizer, self.vqgan = model, tokenizer, vqgan
-        self.num_codes, self.batch_size = num_codes, batch_size
+        self.num_codes = num_codes
+        self.batch_size = positive_int(batch_size, "batch_size")
         self._text_mask = tokenizer.allowed_mask("text", model.config.padded_vocab_size)
 
     @classmethod
@@ -132,10 +140,12 @@ class Generator:
         batch_size: int = 16,
     ) -> Generator:
         """An LM checkpoint (its tokenizer saved beside it in `tokenizer/` unless given)."""
+        if not checkpoint.is_remote(checkpoint_dir) and not Path(checkpoint_dir).is_dir():
+            raise MissingInputError(f"{checkpoint_dir}: no such checkpoint directory")
         ckpt = checkpoint.model_dir(checkpoint_dir)  # a checkpoint or a training workdir
         tok_dir = Path(tokenizer) if tokenizer else ckpt / "tokenizer"
         if not (tok_dir / "tokenizer.json").exists():
-            raise FileNotFoundError(f"{tok_dir}: no tokenizer.json (pass tokenizer=...)")
+            raise MissingInputError(f"{tok_dir}: no tokenizer.json (pass tokenizer=...)")
         model = checkpoint.load_model(ckpt, expect="gpt_neox")
         vq = checkpoint.load_model(vqgan, expect="vqgan") if vqgan else None
         tok = MultimodalTokenizer.from_pretrained(tok_dir)
@@ -146,17 +156,18 @@ class Generator:
     @property
     def resolution(self) -> int:
         if self.vqgan is None:
-            raise ValueError("images need a VQ-GAN (Generator.load(..., vqgan=...))")
+            raise InputError("images need a VQ-GAN (Generator.load(..., vqgan=...))")
         return self.vqgan.config.resolution
 
     def encode_files(
         self, paths: Sequence[str | os.PathLike], *, allow_upscale: bool = False
     ) -> Results:
         """JPEG/PNG/DICOM files -> codes [h*w] each (a failure per unreadable or small file)."""
+        resolution = self.resolution  # no VQ-GAN: one InputError, not one failure per file
         loaded = _run_each(
             paths,
             [str(p) for p in paths],
-            lambda p: image_io.load_cxr(p, self.resolution, allow_upscale=allow_upscale),
+            lambda p: image_io.load_cxr(p, resolution, allow_upscale=allow_upscale),
         )
         ok = loaded.ok
         if ok:
@@ -179,7 +190,7 @@ class Generator:
     def decode(self, codes: np.ndarray) -> np.ndarray:
         """Codes [..., h*w] -> images [..., res, res, 3] in [-1, 1] through the VQ-GAN decoder."""
         if self.vqgan is None:
-            raise ValueError("decoding images needs a VQ-GAN (Generator.load(..., vqgan=...))")
+            raise InputError("decoding images needs a VQ-GAN (Generator.load(..., vqgan=...))")
         codes = np.asarray(codes)
         flat = codes.reshape(-1, codes.shape[-1])
         out = []
@@ -193,6 +204,9 @@ class Generator:
         return pixels.reshape(*codes.shape[:-1], *pixels.shape[1:])
 
     def check_codes(self, codes: Any) -> np.ndarray:
+        """One image's codes as int32 [h*w], or an InputError saying what is wrong with them."""
+        if codes is None:  # e.g. the place of an image `encode_files` could not read
+            raise InputError("no codes (the image was not encoded)")
         c = np.asarray(codes)
         if c.ndim != 1 or c.shape[0] != self.num_codes:
             raise InputError(f"{c.size} codes of shape {c.shape}; expected {self.num_codes}")
@@ -249,7 +263,7 @@ class Generator:
     ) -> Results:
         """CXR-VQA: an answer per (image, question) pair."""
         if len(codes) != len(questions):
-            raise ValueError(f"{len(codes)} images but {len(questions)} questions")
+            raise InputError(f"{len(codes)} images but {len(questions)} questions")
         names = names or [f"question {i}" for i in range(len(codes))]
 
         def prompt(pair: tuple[Any, str]) -> np.ndarray:
@@ -345,7 +359,7 @@ class Generator:
         model's "yes" among the two answers.
         """
         if len(codes) != len(questions):
-            raise ValueError(f"{len(codes)} images but {len(questions)} questions")
+            raise InputError(f"{len(codes)} images but {len(questions)} questions")
         names = names or [f"question {i}" for i in range(len(codes))]
         answer_ids: dict[str, list[int]] = {}
 
@@ -435,8 +449,8 @@ class Generator:
         seed: int,
     ) -> dict[int, list[tuple[np.ndarray, int]]]:
         """Run every valid prompt `num_samples` times; {input index: [(tokens, length)]}."""
-        if num_samples < 1:
-            raise ValueError(f"num_samples must be at least 1, got {num_samples}")
+        positive_int(num_samples, "num_samples")
+        positive_int(kwargs["max_new_tokens"], "max_new_tokens")
         max_pos = self.model.config.max_position_embeddings
         for i in prompts.ok:
             n = len(prompts.values[i]) + kwargs["max_new_tokens"]

@@ -25,6 +25,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from llmcxr_jax.errors import InputError
 from llmcxr_jax.tokenizer import MultimodalTokenizer
 
 # config.init.image_embeddings -> the embedding tables whose image-code rows are written
@@ -39,7 +40,7 @@ TABLES = ("embed_in", "embed_out")
 def rows_for_mode(mode: str) -> tuple[str, ...]:
     """The tables a `config.init.image_embeddings` value initialises (() for "")."""
     if mode not in MODES:
-        raise ValueError(f"init.image_embeddings must be one of {sorted(MODES)}; got {mode!r}")
+        raise InputError(f"init.image_embeddings must be one of {sorted(MODES)}; got {mode!r}")
     return MODES[mode]
 
 
@@ -105,8 +106,8 @@ def load_codebook(path: str | os.PathLike) -> np.ndarray:
                 ),
             )
         codebook = np.asarray(restored["quantize"]["embedding"]["embedding"], np.float32)
-    except Exception as e:  # orbax raises many types; name the file and keep the cause
-        raise checkpoint.CheckpointError(f"{params_dir}: cannot read the codebook: {e}") from e
+    except Exception as e:  # orbax raises many types; one line naming the file
+        raise checkpoint.read_error(params_dir, e) from e
     if codebook.shape != want:
         raise checkpoint.CheckpointError(
             f"{params_dir}: codebook of shape {codebook.shape}, its config says {want}"
@@ -153,13 +154,13 @@ def init_image_rows(
         raise ValueError(f"rows must name some of {TABLES}; got {rows}")
     codebook = np.asarray(codebook)
     if codebook.ndim != 2 or codebook.shape[0] != tok.num_image_codes:
-        raise ValueError(
+        raise InputError(
             f"the VQ-GAN codebook has {codebook.shape[0] if codebook.ndim else 0} entries "
             f"(shape {codebook.shape}) but the tokenizer has {tok.num_image_codes} image codes: "
             "use the VQ-GAN that encoded the training data"
         )
     if is_model and params_or_model.config.vocab_size != tok.vocab_size:
-        raise ValueError(
+        raise InputError(
             f"the model's vocabulary ({params_or_model.config.vocab_size}) is not the "
             f"tokenizer's ({tok.vocab_size}): grow it first (gpt_neox.resize_vocab)"
         )

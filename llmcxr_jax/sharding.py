@@ -18,6 +18,8 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from llmcxr_jax.errors import InputError
+
 if TYPE_CHECKING:
     import jax
     from jax.sharding import Mesh, NamedSharding, PartitionSpec
@@ -78,22 +80,22 @@ def make_mesh(shape: Sequence[int] | dict[str, int], devices: Sequence[Any] | No
     if isinstance(shape, dict):
         unknown = set(shape) - set(MESH_AXES)
         if unknown:
-            raise ValueError(f"unknown mesh axes {sorted(unknown)}; axes are {MESH_AXES}")
+            raise InputError(f"unknown mesh axes {sorted(unknown)}; axes are {MESH_AXES}")
         shape = [shape.get(a, 1) for a in MESH_AXES]
     shape = list(shape)
     if len(shape) != len(MESH_AXES):
-        raise ValueError(f"mesh shape {shape} must give sizes for {MESH_AXES}")
+        raise InputError(f"mesh shape {shape} must give sizes for {MESH_AXES}")
     devices = list(jax.devices() if devices is None else devices)
     if shape.count(-1) > 1:
-        raise ValueError(f"mesh shape {shape}: at most one axis may be -1")
+        raise InputError(f"mesh shape {shape}: at most one axis may be -1")
     if -1 in shape:
         rest = int(np.prod([s for s in shape if s != -1]))
         if len(devices) % rest:
-            raise ValueError(f"{len(devices)} devices do not divide into mesh {shape}")
+            raise InputError(f"{len(devices)} devices do not divide into mesh {shape}")
         shape[shape.index(-1)] = len(devices) // rest
     n = int(np.prod(shape))
     if n > len(devices):
-        raise ValueError(
+        raise InputError(
             f"mesh {dict(zip(MESH_AXES, shape, strict=True))} needs {n} devices, "
             f"have {len(devices)}"
         )

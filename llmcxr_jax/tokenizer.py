@@ -31,6 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from llmcxr_jax.errors import InputError, positive_int
+
 IMAGE_PLACEHOLDER = "<image>"
 END_KEY = "### End"
 INSTRUCTION_KEY = "### Instruction:"
@@ -42,7 +44,7 @@ META_FILE = "llmcxr_tokenizer.json"
 MASK_MODES = ("response", "paragraph")
 
 
-class TokenizerError(ValueError):
+class TokenizerError(InputError):
     """A paragraph or tokenizer that cannot be used."""
 
 
@@ -113,7 +115,11 @@ class MultimodalTokenizer:
                 raise TokenizerError(
                     f"{root}: pass num_image_codes (no {META_FILE} says how many image codes)"
                 )
-            num_image_codes = int(json.loads(meta_file.read_text())["num_image_codes"])
+            try:
+                meta = json.loads(meta_file.read_text())
+                num_image_codes = positive_int(meta["num_image_codes"], "num_image_codes")
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                raise TokenizerError(f"{meta_file}: unreadable ({type(e).__name__}: {e})") from e
         return cls(tokenizer, num_image_codes)
 
     @classmethod

@@ -8,7 +8,7 @@ import pytest
 from flax import nnx
 
 from llmcxr_jax import checkpoint, sharding
-from llmcxr_jax.checkpoint import CheckpointError
+from llmcxr_jax.checkpoint import CheckpointError, DamagedCheckpointError
 from llmcxr_jax.models.gpt_neox import GPTNeoX, get_preset
 
 
@@ -56,8 +56,33 @@ def test_truncated_parameter_file_is_named(saved):
     assert data_files
     for f in data_files:
         f.write_bytes(f.read_bytes()[: f.stat().st_size // 3])
-    with pytest.raises(CheckpointError, match=str(path / "params")):
+    with pytest.raises(DamagedCheckpointError, match=str(path / "params")) as e:
         checkpoint.load_model(path)
+    msg = str(e.value)  # one line naming the file, not Orbax's 60-line TensorStore spec
+    assert len(msg.splitlines()) == 1 and len(msg) < 600, msg
+    assert ": file " in msg and "is truncated or damaged (" in msg
+    assert "tensorstore" not in msg.lower()
+
+
+def test_truncated_metadata_file_is_named(saved):
+    _, path = saved
+    f = path / "params" / "_METADATA"
+    f.write_bytes(f.read_bytes()[:100])
+    with pytest.raises(DamagedCheckpointError) as e:
+        checkpoint.load_model(path)
+    assert str(e.value).startswith(
+        f"checkpoint {path / 'params'}: file _METADATA is truncated or damaged (JSONDecodeError"
+    )
+
+
+def test_a_changed_config_is_a_mismatch_not_damage(saved):
+    _, path = saved
+    meta = json.loads((path / "model_config.json").read_text())
+    meta["config"]["intermediate_size"] *= 2
+    (path / "model_config.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=r"has shape .*, the config expects") as e:
+        checkpoint.load_model(path)
+    assert not isinstance(e.value, DamagedCheckpointError)
 
 
 def test_missing_or_foreign_config_is_named(saved, tmp_path):

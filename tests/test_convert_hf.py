@@ -1,5 +1,6 @@
 """import-hf / export-hf: round trips through transformers, file layouts, and clear errors."""
 
+import datetime
 import json
 
 import jax.numpy as jnp
@@ -117,6 +118,40 @@ def test_reads_bin_sharded_and_transformers4_configs(tmp_path):
         assert model.config.rotary_pct == 1.0, layout
         ours, _ = model(jnp.asarray(TOKENS))
         np.testing.assert_allclose(np.asarray(ours), ref, atol=1e-4, err_msg=layout)
+
+
+def test_legacy_non_zip_pytorch_model_bin_is_read(tmp_path):
+    """torch.save(..., _use_new_zipfile_serialization=False): not memory-mappable, read whole."""
+    hf = tiny_hf_model(rotary_pct=1.0)
+    hf.save_pretrained(tmp_path / "st")
+    (tmp_path / "legacy").mkdir()
+    (tmp_path / "legacy" / "config.json").write_text((tmp_path / "st" / "config.json").read_text())
+    f = tmp_path / "legacy" / "pytorch_model.bin"
+    torch.save(
+        {k: v.clone() for k, v in hf.state_dict().items()}, f, _use_new_zipfile_serialization=False
+    )
+    assert f.read_bytes()[:4] != b"PK\x03\x04"
+    ours, _ = load_hf_model(tmp_path / "legacy")(jnp.asarray(TOKENS))
+    np.testing.assert_allclose(np.asarray(ours), _logits(hf), atol=1e-4)
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
+def test_pickled_object_is_refused_naming_the_global(tmp_path, legacy):
+    f = tmp_path / "model.ckpt"
+    obj = {"state_dict": {"w": torch.zeros(2)}, "when": datetime.date(2024, 1, 2)}
+    torch.save(obj, f, _use_new_zipfile_serialization=not legacy)
+    with pytest.raises(ConversionError) as e:
+        mapping.load_torch_state_dict(f)
+    msg = str(e.value)
+    assert msg.startswith(f"{f}: not a readable weights-only PyTorch file (")
+    assert "datetime.date" in msg and "nothing in it was run" in msg, msg
+    assert len(msg.splitlines()) == 1 and "\x1b" not in msg
+    (tmp_path / "x.bin").write_bytes(b"not a checkpoint")
+    with pytest.raises(ConversionError, match=r"x\.bin: .*or damaged: Unsupported operand"):
+        mapping.torch_load(tmp_path / "x.bin", mmap=True)
+    (tmp_path / "cut.bin").write_bytes(f.read_bytes()[:100])
+    with pytest.raises(ConversionError, match=r"cut\.bin: .*or damaged: \w+Error"):
+        mapping.torch_load(tmp_path / "cut.bin")
 
 
 def test_bfloat16_export_loads(tmp_path):

@@ -4,6 +4,13 @@ Every file is built in `tmp_path`; expected values are computed by hand or by PI
 """
 
 import io
+import json
+import os
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
 
 import numpy as np
 import pydicom
@@ -20,6 +27,7 @@ from pydicom.uid import (
 )
 
 from llmcxr_jax.data.images import (
+    MAX_PIXELS,
     ImageError,
     image_grid,
     load_batch,
@@ -343,6 +351,96 @@ def test_not_an_image(tmp_path):
     assert issubclass(ImageError, ValueError)
 
 
+def _huge_png(path, width, height, rows=None):
+    """A 1-bit grey PNG of zeros, written by hand row by row (a few KB on disk, never in memory
+    as an image); only its first `rows` rows when given (a truncated file)."""
+
+    def chunk(kind, body):
+        return (
+            struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        )
+
+    z = zlib.compressobj(9)
+    row = bytes(1 + (width + 7) // 8)  # filter byte 0, then the packed bits
+    idat = b"".join(z.compress(row) for _ in range(height if rows is None else rows)) + z.flush()
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+    )
+    return path
+
+
+def _jpeg_declaring(path, width, height):
+    """A small JPEG whose frame header is rewritten to declare `width` x `height`."""
+    buf = io.BytesIO()
+    Image.new("L", (8, 8)).save(buf, "JPEG")
+    data = bytearray(buf.getvalue())
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5 : sof + 9] = struct.pack(">HH", height, width)
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_oversize_images_are_refused_from_their_header(tmp_path):
+    png = _huge_png(tmp_path / "huge.png", 12000, 12000)
+    assert png.stat().st_size < 100_000
+    jpg = _jpeg_declaring(tmp_path / "huge.jpg", 12000, 12000)
+    dcm = make_dicom(tmp_path / "huge.dcm", np.zeros((0, 0), np.uint8), pixel_bytes=b"\0" * 64)
+    ds = pydicom.dcmread(dcm)
+    ds.Rows = ds.Columns = 12000
+    ds.save_as(dcm, enforce_file_format=True)
+    for path, what in ((png, "PNG header"), (jpg, "JPEG header"), (dcm, "DICOM header")):
+        with pytest.raises(ImageError) as e:
+            read_image(path)
+        msg = str(e.value)
+        assert msg.startswith(f"{path}: {what}") and "12000x12000" in msg, msg
+        assert f"limit of {MAX_PIXELS}" in msg and "refused before decoding" in msg
+        assert len(msg.splitlines()) == 1
+    # beyond Pillow's own limit (where it raises at open): ours, or Pillow's said once
+    bomb = _huge_png(tmp_path / "bomb.png", 100000, 100000, rows=8)
+    with pytest.raises(ImageError, match=r"PNG header declares 100000x100000 pixels"):
+        read_image(bomb)
+    with pytest.raises(ImageError, match=r"bomb\.png: image too large for Pillow") as e:
+        read_image(bomb, max_pixels=None)
+    assert "image image" not in str(e.value)
+
+
+def test_max_pixels_is_a_parameter(tmp_path, rng):
+    png = _png(tmp_path / "small.png", Image.fromarray(rng.integers(0, 256, (16, 24), np.uint8)))
+    jpg = tmp_path / "small.jpg"
+    Image.fromarray(rng.integers(0, 256, (16, 24), np.uint8)).save(jpg, "JPEG")
+    for path in (png, jpg):
+        with pytest.raises(ImageError, match=r"declares 24x16 pixels.*limit of 383"):
+            read_image(path, max_pixels=383)
+        assert read_image(path, max_pixels=384).shape == (16, 24, 3)
+    _, ok, errors = load_batch([png], 8, max_pixels=100)
+    assert ok == [] and "limit of 100" in errors[0][1]
+
+
+def test_refusing_an_oversize_png_costs_little_memory_and_time(tmp_path):
+    png = _huge_png(tmp_path / "huge.png", 12000, 12000)
+    probe = (
+        "import json, resource, sys, time\n"
+        "from llmcxr_jax.data.images import ImageError, read_image\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "t = time.perf_counter()\n"
+        "try:\n"
+        "    read_image(sys.argv[1])\n"
+        "except ImageError as e:\n"
+        "    msg = str(e)\n"
+        "after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "print(json.dumps({'kb': after - before, 's': time.perf_counter() - t, 'msg': msg}))\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    out = subprocess.run(
+        [sys.executable, "-c", probe, str(png)], env=env, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert "12000x12000" in got["msg"]
+    assert got["kb"] * 1024 < 300e6 and got["s"] < 2.0, got  # decoding: 1.8 GB, 12 s
+
+
 # --- preprocessing ----------------------------------------------------------------------------
 
 
@@ -415,6 +513,7 @@ def test_save_png_round_trip(tmp_path, rng):
     save_png(x, tmp_path / "out" / "rt.png")
     np.testing.assert_array_equal(_pil(tmp_path / "out" / "rt.png"), u)
     np.testing.assert_array_equal(load_cxr(tmp_path / "out" / "rt.png"), x)
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["rt.png"]  # no temporary left
 
 
 def test_image_grid_and_save_grid(tmp_path):

@@ -99,17 +99,60 @@ def test_sigterm_then_restart_is_bitwise_an_uninterrupted_run(data_dir, tmp_path
         np.testing.assert_array_equal(np.asarray(a[k]), np.asarray(b[k]), err_msg=k)
 
 
-def test_corrupt_newest_checkpoint_falls_back(data_dir, tmp_path, capsys):
-    config = _config(data_dir, "--config.steps=10", "--config.eval_every=0")
-    lm.train(config, tmp_path, progress=False)
-    assert train_ckpt.TrainCheckpointer(tmp_path, every=5).steps() == [5, 10]
-    for f in (tmp_path / "checkpoints" / "10").rglob("*"):
+def _zero(step_dir):
+    for f in step_dir.rglob("*"):
         if f.is_file() and f.stat().st_size > 100:
             f.write_bytes(b"\0" * f.stat().st_size)
+
+
+def _assert_same_checkpoints(a_dir, b_dir, steps):
+    a_ck = train_ckpt.TrainCheckpointer(a_dir, every=5)
+    b_ck = train_ckpt.TrainCheckpointer(b_dir, every=5)
+    assert a_ck.steps() == b_ck.steps() == steps
+    for step in steps:  # parameters, optimizer state, data position: bitwise
+        (a, ea), (b, eb) = a_ck.read_flat(step), b_ck.read_flat(step)
+        assert a.keys() == b.keys() and ea == eb
+        for k in a:
+            np.testing.assert_array_equal(np.asarray(a[k]), np.asarray(b[k]), err_msg=f"{step} {k}")
+    a_ck.close()
+    b_ck.close()
+
+
+def test_corrupt_newest_checkpoint_falls_back(data_dir, tmp_path, capsys):
+    """One damaged checkpoint, then all of them: each is moved aside and rewritten, and the run
+    ends bitwise where an uninterrupted one does."""
+    config = _config(data_dir, "--config.steps=12", "--config.eval_every=0")
+    lm.train(config, tmp_path / "ref", progress=False)
+    run, ckpts = tmp_path / "run", tmp_path / "run" / "checkpoints"
+    config.steps = 10
+    lm.train(config, run, progress=False)
+    assert train_ckpt.TrainCheckpointer(run, every=5).steps() == [5, 10]
+    _zero(ckpts / "10")
+    capsys.readouterr()
     config.steps = 12
-    lm.train(config, tmp_path, progress=False)
+    lm.train(config, run, progress=False)
     out = capsys.readouterr().out
-    assert "checkpoint step 10" in out and "unreadable" in out and "checkpoints/5" in out
+    assert f"checkpoint {ckpts}/10" in out and "truncated or damaged" in out, out
+    assert f"resumed from {ckpts}/5" in out
+    assert (ckpts / "10.damaged").is_dir()
+    _assert_same_checkpoints(tmp_path / "ref", run, [5, 10, 12])
+
+    for step in (5, 10, 12):  # every checkpoint damaged: a fresh start, said so
+        _zero(ckpts / str(step))
+    lm.train(config, run, progress=False)
+    out = capsys.readouterr().out
+    assert f"no usable checkpoint in {ckpts}: step(s) 12, 10, 5 damaged" in out, out
+    assert "starting from step 0" in out and "resumed from" not in out
+    assert {p.name for p in ckpts.iterdir()} == {
+        "5",
+        "10",
+        "12",
+        "5.damaged",
+        "10.damaged",
+        "10.damaged-2",
+        "12.damaged",
+    }
+    _assert_same_checkpoints(tmp_path / "ref", run, [5, 10, 12])
 
 
 def test_stage2_starts_from_stage1_parameters_with_a_fresh_optimizer(data_dir, tmp_path):

@@ -147,7 +147,10 @@ def test_corrupt_newest_checkpoint_falls_back(tmp_path, capsys):
     config.steps = 25
     vqgan.train(config, tmp_path, progress=False)
     out = capsys.readouterr().out
-    assert "checkpoint step 20" in out and "unreadable" in out
+    ckpts = tmp_path / "checkpoints"
+    assert f"checkpoint {ckpts}/20" in out and "truncated or damaged" in out
+    assert (ckpts / "20.damaged").is_dir()
+    assert train_ckpt.TrainCheckpointer(tmp_path, every=10).steps() == [10, 20, 25]
     assert "resumed from" in out and out.split("resumed from")[1].split()[0].endswith("/10")
 
 

@@ -32,6 +32,7 @@ from llmcxr_jax.convert.mapping import (
     Transform,
     read_params,
     to_numpy,
+    torch_load,
     torch_tensors,
     tree_shapes,
 )
@@ -266,16 +267,9 @@ class TensorFiles:
             self._where[k] = path
 
     def _add_torch(self, path: Path) -> None:
-        try:
-            import torch
-        except ImportError as e:
-            raise ConversionError(
-                f"{path}: reading .bin weights needs torch (pip install 'llmcxr_jax[port]')"
-            ) from e
-        try:
-            sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except Exception as e:
-            raise ConversionError(f"{path}: unreadable PyTorch weights ({e})") from e
+        sd = torch_load(path, mmap=True, what=".bin weights")
+        if not isinstance(sd, dict):
+            raise ConversionError(f"{path}: holds a {type(sd).__name__}, not a state dict")
         self._open[path] = sd
         for k in sd:
             self._where[k] = path

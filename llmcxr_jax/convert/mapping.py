@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import pickle
 import re
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -23,10 +24,12 @@ import jax
 import ml_dtypes
 import numpy as np
 
+from llmcxr_jax.errors import InputError
+
 Fn = Callable[[Any, Any], Any]
 
 
-class ConversionError(ValueError):
+class ConversionError(InputError):
     """Weights or configs that do not hold the model we expect."""
 
 
@@ -99,28 +102,68 @@ def to_numpy(t: Any) -> np.ndarray:
     return np.asarray(t)
 
 
+_ZIP_MAGIC = b"PK\x03\x04"  # torch.save's default format; the legacy one is a bare pickle
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_BLOCKED_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+_UNPICKLER_ERROR = re.compile(r"WeightsUnpickler error:\s*([^\n]+)")
+
+
+def torch_load(
+    path: str | os.PathLike, *, mmap: bool = False, what: str = "PyTorch weights"
+) -> Any:
+    """`torch.load(path, weights_only=True)` on the CPU, memory-mapped when `mmap` and the file is
+    in the zip format (a legacy `_use_new_zipfile_serialization=False` file is read whole: torch
+    maps only zip files). Anything else than tensors and plain containers is refused, with a
+    `ConversionError` of one line naming the file and, for a pickled object, the Python global
+    it needed (`posix.system`, `__main__.MyModel`): nothing in the file is run."""
+    try:
+        import torch
+    except ImportError as e:
+        raise ConversionError(
+            f"{path}: reading {what} needs torch (pip install 'llmcxr_jax[port]')"
+        ) from e
+    if not Path(path).is_file():
+        raise ConversionError(f"{path}: no such file")
+    try:
+        with open(path, "rb") as f:
+            is_zip = f.read(4) == _ZIP_MAGIC
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and is_zip)
+    except pickle.UnpicklingError as e:
+        text = _ANSI.sub("", str(e))
+        blocked = _BLOCKED_GLOBAL.search(text)
+        if blocked:
+            raise ConversionError(
+                f"{path}: not a readable weights-only PyTorch file (it holds a pickled Python "
+                f"object, {blocked.group(1)}, not only tensors; nothing in it was run); if it "
+                "holds a pickled model you trust, load it once in PyTorch and "
+                "torch.save(model.state_dict()) instead"
+            ) from e
+        detail = _UNPICKLER_ERROR.search(text)
+        inner = e.__context__ if isinstance(e.__context__, pickle.UnpicklingError) else None
+        first = str(inner) if inner else detail.group(1) if detail else _first_line(text)
+        raise ConversionError(
+            f"{path}: not a readable weights-only PyTorch file (not a PyTorch file, or damaged: "
+            f"{first.strip()})"
+        ) from e
+    except Exception as e:
+        first = _first_line(_ANSI.sub("", str(e)))
+        raise ConversionError(
+            f"{path}: not a readable weights-only PyTorch file (not a PyTorch file, or damaged: "
+            f"{type(e).__name__}{': ' + first if first else ''})"
+        ) from e
+
+
+def _first_line(text: str) -> str:
+    return (text.strip().splitlines() or [""])[0]
+
+
 def load_torch_state_dict(path: str | os.PathLike, *, key: str | None = "state_dict") -> dict:
     """A state dict from a `.pt`/`.pth`/`.ckpt` file, through `torch.load(weights_only=True)`.
 
     Lightning checkpoints keep the weights under `state_dict`; a plain state dict is returned as
     it is. A pickled whole model (`torch.save(model)`) is refused: save its `state_dict()`.
     """
-    try:
-        import torch
-    except ImportError as e:
-        raise ConversionError(
-            f"{path}: reading PyTorch weights needs torch (pip install 'llmcxr_jax[port]')"
-        ) from e
-    if not Path(path).is_file():
-        raise ConversionError(f"{path}: no such file")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ConversionError(
-            f"{path}: not a readable weights-only PyTorch file ({type(e).__name__}: "
-            f"{str(e).splitlines()[0][:200]}); if it holds a pickled model, load it once in "
-            "PyTorch and torch.save(model.state_dict()) instead"
-        ) from e
+    obj = torch_load(path)
     if isinstance(obj, dict) and key and isinstance(obj.get(key), dict):
         obj = obj[key]
     if not isinstance(obj, dict):

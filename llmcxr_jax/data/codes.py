@@ -26,6 +26,8 @@ from typing import Any
 import numpy as np
 from array_record.python.array_record_module import ArrayRecordReader, ArrayRecordWriter
 
+from llmcxr_jax.errors import InputError, MissingInputError
+
 MANIFEST = "manifest.json"
 
 
@@ -44,7 +46,7 @@ def check_manifest(out: Path, manifest: dict[str, Any]) -> None:
         old = json.loads(f.read_text())
         if old != manifest:
             diff = {k: (old.get(k), v) for k, v in manifest.items() if old.get(k) != v}
-            raise ValueError(
+            raise InputError(
                 f"{out} holds codes made with other settings {diff}; use a new --out directory"
             )
     else:
@@ -86,7 +88,7 @@ def iter_codes(out_dir: str | os.PathLike) -> Iterator[tuple[str, np.ndarray]]:
     for s in range(manifest["num_shards"]):
         f = out / shard_name(s, manifest["num_shards"])
         if not f.exists():
-            raise FileNotFoundError(f"{f}: shard missing (encoding not finished?)")
+            raise MissingInputError(f"{f}: shard missing (encoding not finished?)")
         reader = ArrayRecordReader(str(f))
         for rec in reader.read_all():
             d = json.loads(rec)

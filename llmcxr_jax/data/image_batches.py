@@ -21,6 +21,7 @@ import ml_collections
 import numpy as np
 
 from llmcxr_jax import sharding
+from llmcxr_jax.errors import InputError
 
 
 class ImageBatches:
@@ -33,7 +34,7 @@ class ImageBatches:
     ):
         pc, pi = jax.process_count(), jax.process_index()
         if data.batch_size % pc:
-            raise ValueError(f"batch_size {data.batch_size} is not divisible by {pc} hosts")
+            raise InputError(f"batch_size {data.batch_size} is not divisible by {pc} hosts")
         self.keys = keys
         self.skipped = 0
         self.skipped_ids: list[dict[str, str]] = []

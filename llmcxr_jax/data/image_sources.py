@@ -22,6 +22,7 @@ import numpy as np
 
 from llmcxr_jax.data import images, phantoms
 from llmcxr_jax.data.labels import PAPER_CLASSES, POSITIVE, paper_labels
+from llmcxr_jax.errors import InputError, MissingInputError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".dcm", ".dicom")
 
@@ -30,12 +31,12 @@ class FolderSource:
     def __init__(self, root: str | os.PathLike, resolution: int, *, allow_upscale: bool = False):
         self.root = Path(root)
         if not self.root.is_dir():
-            raise FileNotFoundError(f"{root}: no such directory")
+            raise MissingInputError(f"{root}: no such directory")
         self.paths = sorted(
             p for p in self.root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
         )
         if not self.paths:
-            raise FileNotFoundError(f"{root}: no images ({', '.join(IMAGE_SUFFIXES)})")
+            raise MissingInputError(f"{root}: no images ({', '.join(IMAGE_SUFFIXES)})")
         self.resolution = resolution
         self.allow_upscale = allow_upscale
         self.num_labels = 0
@@ -110,7 +111,7 @@ class PhantomImageSource:
         sampler: phantoms.CaseSampler | None = None,
     ):
         if size < 0 or offset < 0:
-            raise ValueError(f"size and offset must be >= 0, got {size}, {offset}")
+            raise InputError(f"size and offset must be >= 0, got {size}, {offset}")
         self.size, self.resolution, self.seed, self.offset = size, resolution, seed, offset
         self.sampler = sampler
 
@@ -164,11 +165,18 @@ def from_config(data: ml_collections.ConfigDict, resolution: int) -> Any:
 def make_source(spec: str, resolution: int, **kwargs: Any):
     """A source from a short spec: `folder:/path`, `synthetic:N` (N images)."""
     kind, _, arg = spec.partition(":")
+
+    def count(text: str, default: int) -> int:
+        try:
+            return int(text or default)
+        except ValueError:
+            raise InputError(f"image source {spec!r}: {text!r} is not a whole number") from None
+
     if kind == "folder":
         return FolderSource(arg, resolution, **kwargs)
     if kind == "synthetic":
-        return SyntheticSource(int(arg or 1024), resolution, **kwargs)
+        return SyntheticSource(count(arg, 1024), resolution, **kwargs)
     if kind == "phantoms":  # phantoms:N or phantoms:N:SEED (the embedded data set's images)
         size, _, seed = arg.partition(":")
-        return PhantomImageSource(int(size or 2000), resolution, seed=int(seed or 0))
-    raise ValueError(f"unknown image source {spec!r}; use folder:DIR, phantoms:N or synthetic:N")
+        return PhantomImageSource(count(size, 2000), resolution, seed=count(seed, 0))
+    raise InputError(f"unknown image source {spec!r}; use folder:DIR, phantoms:N or synthetic:N")

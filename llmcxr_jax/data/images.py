@@ -35,6 +35,12 @@ Behaviour choices:
 - DICOM colour (RGB, YBR_* converted to RGB by pydicom, PALETTE COLOR): more than 8 bits are
   scaled by the nominal range (`2**BitsStored - 1`, or the palette's entry depth).
 - Multi-frame DICOM: the first frame is used (only that frame is decoded).
+- Size: an image of more than `MAX_PIXELS` pixels (8192x8192, 67 megapixels; chest X-rays are
+  about 2000x2000 to 4300x3500, 4 to 15 megapixels) is refused from its header, before any pixel
+  is decoded, with an `ImageError` giving its size: a small file declaring a huge image (a PNG
+  of zeros compresses about 1000:1) would otherwise take gigabytes and seconds to decode. Every
+  reader takes a `max_pixels` to change the limit (None: none of ours; Pillow's own
+  `Image.MAX_IMAGE_PIXELS` still applies).
 - Compressed DICOM is decoded by whatever pydicom plugins are installed (with only Pillow: JPEG
   baseline/extended and JPEG 2000; RLE is built in); other transfer syntaxes raise an
   `ImageError` naming the transfer syntax and the missing packages.
@@ -44,12 +50,16 @@ from __future__ import annotations
 
 import io
 import os
+import struct
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+
+from llmcxr_jax.errors import InputError
 
 ImageSource = str | os.PathLike | bytes | bytearray | memoryview
 
@@ -59,9 +69,12 @@ _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC = b"\xff\xd8\xff"
 _PIXEL_DATA_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+MAX_PIXELS = 8192 * 8192  # larger images are refused from their header; see the module doc
+# JPEG start-of-frame markers (baseline, progressive, lossless, ...; not DHT C4, JPG C8, DAC CC)
+_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 
 
-class ImageError(ValueError):
+class ImageError(InputError):
     """A file that cannot be used as an image; the message names the file and the reason."""
 
 
@@ -90,35 +103,91 @@ def _is_dicom(data: bytes, name: str) -> bool:
     return name.lower().endswith(DICOM_SUFFIXES)
 
 
-def read_image(src: ImageSource, *, name: str | None = None) -> np.ndarray:
+def read_image(
+    src: ImageSource, *, name: str | None = None, max_pixels: int | None = MAX_PIXELS
+) -> np.ndarray:
     """Read a JPEG, PNG or DICOM (path or raw bytes) as uint8 RGB [H, W, 3].
 
-    `name` is used in error messages (default: the path, or "<bytes>").
+    `name` is used in error messages (default: the path, or "<bytes>"). An image of more than
+    `max_pixels` pixels is refused from its header, before decoding (None: no limit of ours).
     """
     name = _source_name(src, name)
     data = _read_bytes(src, name)
     if not data:
         raise ImageError(f"{name}: empty file")
     if _is_dicom(data, name):
-        return _read_dicom(data, name)
-    return _read_pil(data, name)
+        return _read_dicom(data, name, max_pixels)
+    return _read_pil(data, name, max_pixels)
+
+
+def _check_size(name: str, width: int, height: int, max_pixels: int | None, what: str) -> None:
+    if max_pixels is not None and width * height > max_pixels:
+        raise ImageError(
+            f"{name}: {what} declares {width}x{height} pixels (width x height, "
+            f"{width * height / 1e6:.0f} megapixels), more than the limit of {max_pixels} "
+            f"({max_pixels / 1e6:.0f} megapixels); refused before decoding"
+        )
+
+
+def _png_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a PNG's IHDR chunk, the first chunk of every PNG."""
+    if data.startswith(_PNG_MAGIC) and len(data) >= 24 and data[12:16] == b"IHDR":
+        return struct.unpack(">II", data[16:24])
+    return None
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a JPEG's start-of-frame segment (segments walked, not decoded)."""
+    if not data.startswith(_JPEG_MAGIC):
+        return None
+    i = 2
+    while i + 4 <= len(data):
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in (0x01, *range(0xD0, 0xD8)):  # markers without a length
+            i += 2
+            continue
+        if marker in (0xD9, 0xDA):  # end of image, start of scan: no frame header before
+            return None
+        (length,) = struct.unpack(">H", data[i + 2 : i + 4])
+        if marker in _JPEG_SOF and i + 9 <= len(data):
+            height, width = struct.unpack(">HH", data[i + 5 : i + 9])
+            return width, height
+        i += 2 + length
+    return None
 
 
 # --- JPEG / PNG -------------------------------------------------------------------------------
 
 
-def _read_pil(data: bytes, name: str) -> np.ndarray:
-    fmt = "image"
+def _read_pil(data: bytes, name: str, max_pixels: int | None = MAX_PIXELS) -> np.ndarray:
+    for size, what in ((_png_size(data), "PNG header"), (_jpeg_size(data), "JPEG header")):
+        if size is not None:  # before Pillow sees the file, whose own limit warns or raises
+            _check_size(name, *size, max_pixels, what)
+    fmt = None
     try:
-        with Image.open(io.BytesIO(data), formats=PIL_FORMATS) as im:
+        with warnings.catch_warnings():  # the size is checked here, not by Pillow's warning
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data), formats=PIL_FORMATS)
+        with im:
             fmt = im.format
+            _check_size(name, *im.size, max_pixels, f"{fmt} header")
             im.load()  # full decode: a truncated file fails here, not later
             return _pil_to_rgb(im)
+    except ImageError:
+        raise
     except UnidentifiedImageError as e:
         raise ImageError(f"{name}: not an image (not a JPEG, PNG or DICOM file)") from e
+    except Image.DecompressionBombError as e:
+        raise ImageError(f"{name}: image too large for Pillow ({e})") from e
     except Exception as e:  # anything Pillow raises while decoding
         raise ImageError(
-            f"{name}: cannot decode {fmt} image, truncated or corrupt ({type(e).__name__}: {e})"
+            f"{name}: cannot decode {fmt + ' ' if fmt else ''}image, truncated or corrupt "
+            f"({type(e).__name__}: {e})"
         ) from e
 
 
@@ -158,7 +227,7 @@ def _transfer_syntax(ds: Any) -> Any:
     return ExplicitVRLittleEndian if little in (True, None) else ExplicitVRBigEndian
 
 
-def _read_dicom(data: bytes, name: str) -> np.ndarray:
+def _read_dicom(data: bytes, name: str, max_pixels: int | None = MAX_PIXELS) -> np.ndarray:
     import pydicom
     from pydicom.dataset import FileMetaDataset
     from pydicom.pixels import get_decoder, pixel_array
@@ -178,6 +247,11 @@ def _read_dicom(data: bytes, name: str) -> np.ndarray:
             "image object)"
         )
 
+    try:
+        rows, columns = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
+    except (TypeError, ValueError) as e:
+        raise ImageError(f"{name}: DICOM Rows/Columns are not numbers ({e})") from e
+    _check_size(name, columns, rows, max_pixels, "DICOM header (Columns x Rows)")
     try:
         ts = _transfer_syntax(ds)
     except Exception as e:
@@ -332,12 +406,12 @@ def load_cxr(
     *,
     allow_upscale: bool = False,
     name: str | None = None,
+    max_pixels: int | None = MAX_PIXELS,
 ) -> np.ndarray:
     """Read and preprocess one image: float32 [res, res, 3] in [-1, 1]."""
     name = _source_name(src, name)
-    return preprocess(
-        read_image(src, name=name), resolution, allow_upscale=allow_upscale, name=name
-    )
+    image = read_image(src, name=name, max_pixels=max_pixels)
+    return preprocess(image, resolution, allow_upscale=allow_upscale, name=name)
 
 
 def load_batch(
@@ -345,6 +419,7 @@ def load_batch(
     resolution: int = 256,
     *,
     allow_upscale: bool = False,
+    max_pixels: int | None = MAX_PIXELS,
 ) -> tuple[np.ndarray, list[int], list[tuple[int, str]]]:
     """Load what can be loaded: (images [N_ok, res, res, 3], ok_indices, [(index, message)])."""
     images: list[np.ndarray] = []
@@ -352,7 +427,9 @@ def load_batch(
     errors: list[tuple[int, str]] = []
     for i, src in enumerate(paths):
         try:
-            images.append(load_cxr(src, resolution, allow_upscale=allow_upscale))
+            images.append(
+                load_cxr(src, resolution, allow_upscale=allow_upscale, max_pixels=max_pixels)
+            )
         except ImageError as e:
             errors.append((i, str(e)))
         else:
@@ -384,7 +461,8 @@ def _as_hwc(image: np.ndarray) -> np.ndarray:
 def save_png(image: Any, path: str | os.PathLike) -> None:
     """Write an image in [-1, 1] ([H, W, 3], [H, W, 1] or [H, W]; uint8 is written as is).
 
-    Three channels give an RGB PNG, one (or none) an 8-bit grey one (mode "L").
+    Three channels give an RGB PNG, one (or none) an 8-bit grey one (mode "L"). The PNG is
+    written under a temporary name and renamed: an interrupted write leaves no partial file.
     """
     arr = np.asarray(image)
     arr = _as_hwc(arr if arr.dtype == np.uint8 else to_uint8(arr))
@@ -394,7 +472,12 @@ def save_png(image: Any, path: str | os.PathLike) -> None:
         pil = Image.fromarray(np.ascontiguousarray(arr[:, :, 0]), "L")
     else:
         pil = Image.fromarray(np.ascontiguousarray(arr), "RGB")
-    pil.save(path, format="PNG")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")  # no half-written PNG is left
+    try:
+        pil.save(tmp, format="PNG")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _tiles(images: Any) -> np.ndarray:

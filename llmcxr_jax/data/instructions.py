@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from llmcxr_jax.errors import InputError
 from llmcxr_jax.tokenizer import (
     END_KEY,
     IMAGE_PLACEHOLDER,
@@ -167,7 +168,7 @@ def read_dolly_jsonl(path: str | os.PathLike) -> tuple[list[dict[str, str]], lis
     try:
         lines = p.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as e:
-        raise ValueError(f"{p}: unreadable ({e})") from e
+        raise InputError(f"{p}: unreadable ({e})") from e
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue

@@ -34,6 +34,7 @@ import numpy as np
 from llmcxr_jax import sharding
 from llmcxr_jax.data import instructions, vqa
 from llmcxr_jax.data.records import field_text
+from llmcxr_jax.errors import InputError
 from llmcxr_jax.tokenizer import MultimodalTokenizer, Paragraph
 
 TEXT_FIELDS = ("id", "subject_id", "study_id", "view", "study_datetime", "findings", "impression")
@@ -88,7 +89,7 @@ class ImageTextExamples:
         from llmcxr_jax.data import reports
 
         if stage not in (1, 2):
-            raise ValueError(f"stage must be 1 or 2, got {stage}")
+            raise InputError(f"stage must be 1 or 2, got {stage}")
         self.records, self.stage, self.seed = records, stage, seed
         self.counters = counters or Counters()
         meta = [self._meta(i) for i in range(len(records))]
@@ -112,7 +113,7 @@ class ImageTextExamples:
         elif directions == "both":  # every image in both directions (twice the examples)
             examples = [Example(i, d) for i in sorted(texts) for d in ("report", "image")]
         else:
-            raise ValueError(f"directions must be alternate or both, got {directions!r}")
+            raise InputError(f"directions must be alternate or both, got {directions!r}")
         if vqa_mode != "none":
             for i in sorted(stage2_idx):
                 m = meta[i]
@@ -127,7 +128,7 @@ class ImageTextExamples:
                 elif vqa_mode == "file":
                     qas = (vqa_by_id or {}).get(m["id"], [])
                 else:
-                    raise ValueError(f"vqa_mode must be synthesize, file or none: {vqa_mode!r}")
+                    raise InputError(f"vqa_mode must be synthesize, file or none: {vqa_mode!r}")
                 examples += [Example(i, "vqa", qa) for qa in qas]
         self.examples = examples
         self.meta = meta
@@ -201,7 +202,7 @@ def paragraph_dataset(
             parts.append(grain.MapDataset.source(src).shuffle(seed=seed + k).repeat())
             w.append(weight)
     if not parts:
-        raise ValueError("no examples: every record was skipped (see counters)")
+        raise InputError("no examples: every record was skipped (see counters)")
     return parts[0] if len(parts) == 1 else grain.MapDataset.mix(parts, weights=w)
 
 
@@ -227,7 +228,7 @@ class LMBatches:
     ):
         pc, pi = jax.process_count(), jax.process_index()
         if batch_size % pc:
-            raise ValueError(f"batch_size {batch_size} is not divisible by {pc} hosts")
+            raise InputError(f"batch_size {batch_size} is not divisible by {pc} hosts")
         local = batch_size // pc
         self.counters = counters or Counters()
         self.max_len = max_len

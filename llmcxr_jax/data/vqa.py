@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from llmcxr_jax.data.labels import NEGATIVE, OBSERVATIONS, POSITIVE
+from llmcxr_jax.errors import InputError
 
 # observation -> (phrase used in questions, paper class)
 FINDINGS: dict[str, tuple[str, str]] = {
@@ -166,11 +167,11 @@ def read_llmcxr_vqa(path: str | os.PathLike) -> list[QA]:
     try:
         data = ast.literal_eval(p.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as e:
-        raise ValueError(f"{p}: unreadable ({e})") from e
+        raise InputError(f"{p}: unreadable ({e})") from e
     except (ValueError, SyntaxError) as e:
-        raise ValueError(f"{p}: not a Python-literal list of dicts ({type(e).__name__})") from e
+        raise InputError(f"{p}: not a Python-literal list of dicts ({type(e).__name__})") from e
     if not isinstance(data, list):
-        raise ValueError(f"{p}: holds a {type(data).__name__}, expected a list of dicts")
+        raise InputError(f"{p}: holds a {type(data).__name__}, expected a list of dicts")
     out = []
     for i, d in enumerate(data):
         if not (
@@ -178,7 +179,7 @@ def read_llmcxr_vqa(path: str | os.PathLike) -> list[QA]:
             and isinstance(d.get("question"), str)
             and isinstance(d.get("answer"), str)
         ):
-            raise ValueError(f"{p}: item {i} is not a dict with string question and answer")
+            raise InputError(f"{p}: item {i} is not a dict with string question and answer")
         out.append(
             QA(d["question"].strip(), d["answer"].strip(), "file", str(d.get("category", "Other")))
         )

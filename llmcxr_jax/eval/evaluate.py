@@ -90,6 +90,7 @@ from llmcxr_jax import decode
 from llmcxr_jax.data import images as image_io
 from llmcxr_jax.data import labeler, reports, vqa
 from llmcxr_jax.data.labels import POSITIVE, UNCERTAIN, paper_labels
+from llmcxr_jax.errors import InputError
 from llmcxr_jax.eval import metrics
 from llmcxr_jax.generate import LLMCXR_SAMPLER, Generator
 
@@ -259,7 +260,7 @@ def evaluate(
         rid = r["id"].decode() if isinstance(r["id"], bytes) else str(r["id"])
         items.append({"id": rid, "text": text, "codes": codes, "record": i})
     if not items:
-        raise ValueError(f"no usable test records (skipped: {skipped})")
+        raise InputError(f"no usable test records (skipped: {skipped})")
     y_true = binary_labels([it["text"] for it in items], uncertain_positive)
     results: dict[str, Any] = {
         "num_items": len(items),

@@ -6,13 +6,25 @@ plain nested dict of arrays (`nnx.to_pure_dict`): that is what checkpoints and c
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, TypeVar
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from llmcxr_jax.errors import InputError
+
 M = TypeVar("M", bound=nnx.Module)
+
+
+def check_fields(config_cls: type, fields: Any, what: str) -> None:
+    """Refuse config field names `config_cls` does not have (e.g. a misspelt
+    `--config.model_overrides.x`) with an InputError naming them, not a TypeError."""
+    known = {f.name for f in dataclasses.fields(config_cls)}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise InputError(f"unknown {what} config fields {unknown}; known: {sorted(known)}")
 
 
 def abstract(model_cls: type[M], config: Any) -> M:

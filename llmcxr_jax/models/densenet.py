@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from llmcxr_jax.errors import InputError
 from llmcxr_jax.models import common
 
 Array = jax.Array
@@ -86,7 +87,7 @@ class DenseNetConfig:
 
     def __post_init__(self):
         if not self.block_config:
-            raise ValueError("block_config needs at least one dense block")
+            raise InputError("block_config needs at least one dense block")
 
     @property
     def block_in_features(self) -> tuple[int, ...]:
@@ -130,7 +131,8 @@ PRESETS: dict[str, DenseNetConfig] = {
 
 def get_preset(name: str, **overrides: Any) -> DenseNetConfig:
     if name not in PRESETS:
-        raise KeyError(f"unknown DenseNet preset {name!r}; known: {sorted(PRESETS)}")
+        raise InputError(f"unknown DenseNet preset {name!r}; known: {sorted(PRESETS)}")
+    common.check_fields(DenseNetConfig, overrides, "DenseNet")
     return PRESETS[name].replace(**overrides)
 
 

@@ -32,6 +32,7 @@ from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
 from llmcxr_jax import sharding
+from llmcxr_jax.errors import InputError, positive_int
 from llmcxr_jax.models import common
 
 Array = jax.Array
@@ -48,6 +49,17 @@ _ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
     "relu": jax.nn.relu,
     "silu": jax.nn.silu,
 }
+
+# the size fields of GPTNeoXConfig: each must be a positive integer
+_COUNT_FIELDS = (
+    "vocab_size",
+    "hidden_size",
+    "num_layers",
+    "num_heads",
+    "intermediate_size",
+    "max_position_embeddings",
+    "vocab_pad_multiple",
+)
 
 _REMAT_POLICIES: dict[str, Any] = {
     "full": jax.checkpoint_policies.nothing_saveable,
@@ -95,23 +107,26 @@ class GPTNeoXConfig:
     EXECUTION_FIELDS = ("dtype", "param_dtype", "scan_layers", "remat_policy", "attention_block")
 
     def __post_init__(self):
+        # counts first: a 0 or "four" here would otherwise divide by zero further down
+        for name in _COUNT_FIELDS:
+            positive_int(getattr(self, name), name)
         if self.hidden_size % self.num_heads:
-            raise ValueError(
+            raise InputError(
                 f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}"
             )
         if self.hidden_act not in _ACTIVATIONS:
-            raise ValueError(
+            raise InputError(
                 f"unknown hidden_act {self.hidden_act!r}; known: {sorted(_ACTIVATIONS)}"
             )
         if self.remat_policy != "none" and self.remat_policy not in _REMAT_POLICIES:
-            raise ValueError(
+            raise InputError(
                 f"unknown remat_policy {self.remat_policy!r}; "
                 f"known: none, {', '.join(_REMAT_POLICIES)}"
             )
         if self.attention_block < 0:
-            raise ValueError(f"attention_block {self.attention_block} must be >= 0 (0: one block)")
+            raise InputError(f"attention_block {self.attention_block} must be >= 0 (0: one block)")
         if self.rotary_dim % 2:
-            raise ValueError(f"rotary dims {self.rotary_dim} must be even")
+            raise InputError(f"rotary dims {self.rotary_dim} must be even")
 
     @property
     def head_dim(self) -> int:
@@ -138,7 +153,7 @@ class GPTNeoXConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known
         if unknown:
-            raise ValueError(f"unknown GPT-NeoX config fields: {sorted(unknown)}")
+            raise InputError(f"unknown GPT-NeoX config fields: {sorted(unknown)}")
         return cls(**d)
 
     def to_json(self) -> str:
@@ -207,7 +222,8 @@ PRESETS: dict[str, GPTNeoXConfig] = {
 
 def get_preset(name: str, **overrides: Any) -> GPTNeoXConfig:
     if name not in PRESETS:
-        raise KeyError(f"unknown GPT-NeoX preset {name!r}; known: {sorted(PRESETS)}")
+        raise InputError(f"unknown GPT-NeoX preset {name!r}; known: {sorted(PRESETS)}")
+    common.check_fields(GPTNeoXConfig, overrides, "GPT-NeoX")
     return PRESETS[name].replace(**overrides)
 
 
@@ -732,7 +748,7 @@ def resize_vocab_params(
     """
     old = config.vocab_size
     if new_vocab_size < old:
-        raise ValueError(f"resize_vocab only grows the vocabulary: {old} -> {new_vocab_size}")
+        raise InputError(f"resize_vocab only grows the vocabulary: {old} -> {new_vocab_size}")
     new_config = config.replace(vocab_size=new_vocab_size, vocab_pad_multiple=pad_multiple)
     vp = new_config.padded_vocab_size
     d = config.hidden_size

@@ -26,6 +26,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from llmcxr_jax.errors import InputError
+from llmcxr_jax.models import common
+
 Array = jax.Array
 
 
@@ -51,13 +54,13 @@ class VQGANConfig:
     def __post_init__(self):
         for c in self.channels:
             if c % 32:
-                raise ValueError(f"GroupNorm(32) needs channel counts divisible by 32, got {c}")
+                raise InputError(f"GroupNorm(32) needs channel counts divisible by 32, got {c}")
         if self.resolution % self.downsample_factor:
-            raise ValueError(
+            raise InputError(
                 f"resolution {self.resolution} is not divisible by {self.downsample_factor}"
             )
         if self.dropout:
-            raise ValueError("dropout > 0 is not supported (taming's VQ-GANs use 0)")
+            raise InputError("dropout > 0 is not supported (taming's VQ-GANs use 0)")
 
     @property
     def channels(self) -> tuple[int, ...]:
@@ -124,7 +127,8 @@ PRESETS: dict[str, VQGANConfig] = {
 
 def get_preset(name: str, **overrides: Any) -> VQGANConfig:
     if name not in PRESETS:
-        raise KeyError(f"unknown VQ-GAN preset {name!r}; known: {sorted(PRESETS)}")
+        raise InputError(f"unknown VQ-GAN preset {name!r}; known: {sorted(PRESETS)}")
+    common.check_fields(VQGANConfig, overrides, "VQ-GAN")
     return PRESETS[name].replace(**overrides)
 
 

@@ -37,6 +37,7 @@ from flax import nnx
 from llmcxr_jax import checkpoint, sharding
 from llmcxr_jax.data import instructions, pipeline
 from llmcxr_jax.data.records import field_text, open_records
+from llmcxr_jax.errors import InputError
 from llmcxr_jax.generate import Generator
 from llmcxr_jax.models.gpt_neox import GPTNeoX, get_preset, model_from_params, params_of
 from llmcxr_jax.tokenizer import MultimodalTokenizer
@@ -91,7 +92,7 @@ def load_tokenizer(
             texts, vocab_size=t.vocab_size, num_image_codes=t.num_image_codes
         )
     if tok.num_image_codes != num_codes:
-        raise ValueError(
+        raise InputError(
             f"tokenizer has {tok.num_image_codes} image codes, the data's VQ-GAN {num_codes}"
         )
     tok.save(saved)
@@ -126,7 +127,7 @@ def build_model(
             if k not in execution and getattr(saved, k) != v
         }
         if wrong:
-            raise ValueError(f"{src}: model_overrides differ from the checkpoint's: {wrong}")
+            raise InputError(f"{src}: model_overrides differ from the checkpoint's: {wrong}")
         exec_overrides = {k: v for k, v in overrides.items() if k in execution}
         model = checkpoint.load_model(src, mesh=mesh, **exec_overrides)
     else:
@@ -139,7 +140,7 @@ def build_model(
         from llmcxr_jax.models.gpt_neox import resize_vocab_params
 
         if model.config.vocab_size > tok.vocab_size:
-            raise ValueError(
+            raise InputError(
                 f"the model's vocabulary ({model.config.vocab_size}) is larger than "
                 f"the tokenizer's ({tok.vocab_size})"
             )
@@ -181,7 +182,7 @@ def _image_embedding_plan(
     if not rows:
         return (), None
     if not init.get("vqgan"):
-        raise ValueError(
+        raise InputError(
             f"init.image_embeddings={init.image_embeddings!r} needs init.vqgan: the VQ-GAN "
             "model checkpoint whose codebook encoded the data (train-vqgan's workdir/model)"
         )
@@ -194,7 +195,7 @@ def _image_embedding_plan(
         return (), None
     codebook = image_embeddings.load_codebook(init.vqgan)
     if codebook.shape[0] != tok.num_image_codes:
-        raise ValueError(
+        raise InputError(
             f"init.vqgan {init.vqgan}: its codebook has {codebook.shape[0]} entries but the "
             f"tokenizer has {tok.num_image_codes} image codes"
         )
@@ -232,7 +233,7 @@ def _sample(gen: Generator, examples: Any) -> dict[str, Any]:
     image = gen.images([text], sampler=decode.GREEDY)
     for r in (report, image):
         if r.failures:
-            raise ValueError(f"sample of {meta['id']}: {r.failures[0]}")
+            raise InputError(f"sample of {meta['id']}: {r.failures[0]}")
     return {
         "image_id": meta["id"],
         "reference_report": text,

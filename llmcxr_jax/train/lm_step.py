@@ -31,6 +31,7 @@ import optax
 from flax import nnx
 
 from llmcxr_jax import sharding
+from llmcxr_jax.errors import InputError
 
 Array = jax.Array
 P = jax.sharding.PartitionSpec
@@ -60,9 +61,9 @@ class LossConfig:
 
     def __post_init__(self):
         if not 0.0 <= self.max_loss_fraction <= 1.0:
-            raise ValueError(f"max_loss_fraction {self.max_loss_fraction} must be in [0, 1]")
+            raise InputError(f"max_loss_fraction {self.max_loss_fraction} must be in [0, 1]")
         if self.micro_batches < 1:
-            raise ValueError(f"micro_batches {self.micro_batches} must be >= 1")
+            raise InputError(f"micro_batches {self.micro_batches} must be >= 1")
 
     @classmethod
     def from_config(cls, loss: Any) -> LossConfig:
@@ -137,7 +138,7 @@ def loss_sums(
 def _split(batch: dict[str, Array], k: int) -> dict[str, Array]:
     def f(x: Array) -> Array:
         if x.shape[0] % k:
-            raise ValueError(f"batch {x.shape[0]} is not divisible into {k} micro-batches")
+            raise InputError(f"batch {x.shape[0]} is not divisible into {k} micro-batches")
         return x.reshape(k, x.shape[0] // k, *x.shape[1:])
 
     return jax.tree.map(f, batch)

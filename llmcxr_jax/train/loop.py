@@ -6,7 +6,9 @@
 A trainer brings its pure, jitted step and a few hooks; the loop owns what they share:
 
 - resume: the newest readable checkpoint of `workdir/checkpoints/` (train/state_checkpoint.py) is
-  restored over `state`, and the data iterator put back where it stood;
+  restored over `state`, and the data iterator put back where it stood; damaged checkpoints are
+  named, moved aside (`<step>.damaged`) and written again when the run reaches their step; a run
+  that finds none usable says so and starts from step 0;
 - a SIGTERM (a preemption notice) saves the step just done and ends the run cleanly;
 - checkpoints every `ckpt_every` steps and at the last step (state and data position);
 - metrics: at every log step the `log` hook turns the steps' metrics into scalars, which go to
@@ -124,10 +126,19 @@ def run(
         workdir = Path(workdir)
         ckpt = train_ckpt.TrainCheckpointer(workdir, every=schedule.ckpt_every, keep=schedule.keep)
         resumed = ckpt.restore_latest(state)
+        for d in ckpt.damaged:
+            print(f"warning: {d.reason}; moved aside to {d.moved_to}", flush=True)
         if resumed is not None:
             start, state, extra = resumed
             batches.set_state(extra["data"])
             print(f"resumed from {ckpt.directory}/{start}", flush=True)
+        elif ckpt.damaged:
+            steps = ", ".join(str(d.step) for d in ckpt.damaged)
+            print(
+                f"no usable checkpoint in {ckpt.directory}: step(s) {steps} damaged (moved aside "
+                f"to <step>{train_ckpt.DAMAGED_SUFFIX}, to be rewritten); starting from step 0",
+                flush=True,
+            )
         writer = MetricWriter(workdir, enable_tensorboard=tensorboard)
     last: dict[str, float] = {}
     window: list[Metrics] = []

@@ -16,6 +16,8 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from llmcxr_jax.errors import InputError
+
 
 def schedule(c: ml_collections.ConfigDict) -> optax.Schedule:
     """c: lr, min_lr, warmup_steps, warmup ("log" | "linear"), decay ("constant" | "cosine"),
@@ -31,14 +33,14 @@ def schedule(c: ml_collections.ConfigDict) -> optax.Schedule:
         elif c.warmup == "linear":
             frac = (t + 1.0) / warm
         else:
-            raise ValueError(f"warmup must be log or linear, got {c.warmup!r}")
+            raise InputError(f"warmup must be log or linear, got {c.warmup!r}")
         return min_lr + (lr - min_lr) * jnp.minimum(frac, 1.0)
 
     def after(t):
         if c.get("decay", "constant") == "constant":
             return jnp.asarray(lr, jnp.float32)
         if c.decay != "cosine":
-            raise ValueError(f"decay must be constant or cosine, got {c.decay!r}")
+            raise InputError(f"decay must be constant or cosine, got {c.decay!r}")
         steps = max(int(c.decay_steps), 1)
         progress = jnp.clip((jnp.asarray(t, jnp.float32) - warm) / steps, 0.0, 1.0)
         return min_lr + 0.5 * (lr - min_lr) * (1.0 + jnp.cos(jnp.pi * progress))

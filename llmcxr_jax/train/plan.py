@@ -25,6 +25,7 @@ import numpy as np
 from flax import nnx
 
 from llmcxr_jax import sharding
+from llmcxr_jax.errors import InputError
 from llmcxr_jax.models.gpt_neox import abstract_model, get_preset
 from llmcxr_jax.train import lm_step, optim
 
@@ -74,7 +75,7 @@ def plan(config: ml_collections.ConfigDict, mesh_shape: tuple[int, int, int]) ->
     """Lower and compile the train step of `config` for `mesh_shape` (needs that many devices)."""
     n = int(np.prod(mesh_shape))
     if n > len(jax.devices()):
-        raise ValueError(
+        raise InputError(
             f"mesh {mesh_shape} needs {n} devices; start with "
             f"XLA_FLAGS=--xla_force_host_platform_device_count={n} (the CLI does)"
         )

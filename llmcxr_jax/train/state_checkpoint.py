@@ -9,14 +9,18 @@ the wall-clock time. (A model checkpoint, the weights and config a finished run 
 
 - `workdir/checkpoints/<step>/` via `orbax.checkpoint.CheckpointManager`: saved every
   `every` steps (asynchronously), the newest `keep` kept.
-- `restore_latest` resumes from the newest step; a newest checkpoint that cannot be read
-  (truncated by a preemption, corrupted) is reported and the previous one is used.
+- `restore_latest` resumes from the newest step; a checkpoint whose files cannot be read
+  (truncated by a preemption, corrupted) is reported, moved aside to `<step>.damaged` (renamed,
+  not deleted: Orbax no longer lists it, so the next save of that step writes it again) and the
+  previous one is used. A checkpoint that does not match the state the current code builds (a
+  changed config) is not damaged: it stops the run with a `CheckpointError` and stays in place.
 - `PreemptionGuard` turns SIGTERM (how Cloud TPU announces a preemption) into a flag the
   training loop checks after each step, so it can save and exit cleanly.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
@@ -27,10 +31,22 @@ from typing import Any
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 
 from llmcxr_jax import checkpoint as model_checkpoint
 
 log = logging.getLogger(__name__)
+
+DAMAGED_SUFFIX = ".damaged"  # a damaged step `<step>/` is renamed `<step>.damaged/`
+
+
+@dataclasses.dataclass(frozen=True)
+class Damaged:
+    """A step found damaged at restore, and where its files were moved."""
+
+    step: int
+    moved_to: str
+    reason: str  # one line: the file and what is wrong with it
 
 
 def flatten_state(state: Any) -> dict[str, Any]:
@@ -68,8 +84,12 @@ class TrainCheckpointer:
                 enable_async_checkpointing=async_save,
                 create=True,
             ),
-            item_names=("state", "extra"),
+            item_handlers={
+                "state": ocp.StandardCheckpointHandler(),
+                "extra": ocp.JsonCheckpointHandler(),
+            },
         )
+        self.damaged: list[Damaged] = []  # what the last `restore_latest` moved aside
 
     def should_save(self, step: int) -> bool:
         return step % self.every == 0
@@ -94,57 +114,94 @@ class TrainCheckpointer:
     def steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
 
+    def step_dir(self, step: int) -> str:
+        return f"{self.directory}/{step}"
+
     def restore(self, step: int, template: Any) -> tuple[Any, dict[str, Any]]:
-        """The train state of `step`, shaped and sharded like `template` (arrays or abstract)."""
+        """The train state of `step`, shaped and sharded like `template` (arrays or abstract).
+
+        Raises `DamagedCheckpointError` (one line: the file and the reason) when the step's files
+        cannot be read, and `CheckpointError` when they hold a different state than `template`.
+        """
         flat_t = flatten_state(template)
+        where = self.step_dir(step)
+        try:
+            stored = model_checkpoint.stored_shapes(self.manager.item_metadata(step)["state"])
+        except Exception as e:
+            raise model_checkpoint.read_error(where, e) from e
+        model_checkpoint.check_stored_shapes(
+            where, stored, flat_t, "this run's train state (was the config changed?)"
+        )
 
         def abstract(x: Any) -> Any:
             sharding = getattr(x, "sharding", None)
             return jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=sharding)
 
         target = {k: abstract(v) for k, v in flat_t.items()}
-        restored = self.manager.restore(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(target), extra=ocp.args.JsonRestore()
-            ),
-        )
+        try:
+            restored = self.manager.restore(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(target), extra=ocp.args.JsonRestore()
+                ),
+            )
+        except Exception as e:  # Orbax raises many types; one line naming the file
+            raise model_checkpoint.read_error(where, e) from e
         flat = restored["state"]
         for k, v in flat_t.items():
             if tuple(np.shape(flat[k])) != tuple(np.shape(v)):
-                raise ValueError(
-                    f"step {step}: {k} has shape {np.shape(flat[k])}, expected {np.shape(v)}"
+                raise model_checkpoint.CheckpointError(
+                    f"{where}: {k} has shape {np.shape(flat[k])}, expected {np.shape(v)}"
                 )
         return unflatten_state(template, flat), dict(restored["extra"] or {})
 
     def read_flat(self, step: int) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """The raw {tree path: array} entries and extra JSON of `step` (for inspection)."""
-        restored = self.manager.restore(
-            step,
-            args=ocp.args.Composite(state=ocp.args.StandardRestore(), extra=ocp.args.JsonRestore()),
-        )
+        try:
+            restored = self.manager.restore(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(), extra=ocp.args.JsonRestore()
+                ),
+            )
+        except Exception as e:
+            raise model_checkpoint.read_error(self.step_dir(step), e) from e
         return dict(restored["state"]), dict(restored["extra"] or {})
 
     def restore_latest(self, template: Any) -> tuple[int, Any, dict[str, Any]] | None:
-        """(step, state, extra) of the newest readable checkpoint, or None when there is none."""
+        """(step, state, extra) of the newest readable checkpoint, or None when there is none.
+
+        Every damaged step met on the way (newest first) is logged, moved aside to
+        `<step>.damaged` and listed in `self.damaged`; the next save of that step writes it
+        anew. A checkpoint that does not match `template` raises `CheckpointError`.
+        """
+        self.damaged = []
         for step in reversed(self.steps()):
             try:
                 state, extra = self.restore(step, template)
                 return step, state, extra
-            except Exception as e:  # truncated or corrupt: say so and fall back
-                log.warning(
-                    "checkpoint %s/%d is unreadable (%s: %s); trying the previous one",
-                    self.directory,
-                    step,
-                    type(e).__name__,
-                    str(e).splitlines()[0][:200],
-                )
-                print(
-                    f"warning: checkpoint step {step} in {self.directory} is unreadable "
-                    f"({type(e).__name__}); falling back to the previous one",
-                    flush=True,
-                )
+            except model_checkpoint.DamagedCheckpointError as e:
+                moved = self._move_aside(step)
+                self.damaged.append(Damaged(step, moved, str(e)))
+                log.warning("%s; moved aside to %s, to be rewritten", e, moved)
         return None
+
+    def _move_aside(self, step: int) -> str:
+        """Rename the step's directory to `<step>.damaged` (`.damaged-2`, ... when taken)."""
+        if jax.process_count() > 1:  # every process has read the step before it moves
+            ocp.multihost.sync_global_processes(f"llmcxr_damaged_{step}")
+        src = epath.Path(self.step_dir(step))
+        dst = epath.Path(f"{src}{DAMAGED_SUFFIX}")
+        n = 1
+        while dst.exists():
+            n += 1
+            dst = epath.Path(f"{src}{DAMAGED_SUFFIX}-{n}")
+        if jax.process_index() == 0:
+            src.rename(dst)
+        if jax.process_count() > 1:
+            ocp.multihost.sync_global_processes(f"llmcxr_moved_aside_{step}")
+        self.manager.reload()  # Orbax forgets the step: `save` writes it again
+        return str(dst)
 
     def close(self) -> None:
         self.manager.wait_until_finished()

@@ -29,6 +29,7 @@ from flax import nnx
 
 from llmcxr_jax import checkpoint, sharding
 from llmcxr_jax.data import image_batches, image_sources
+from llmcxr_jax.errors import InputError
 from llmcxr_jax.models import common
 from llmcxr_jax.models.discriminator import DiscriminatorConfig, NLayerDiscriminator
 from llmcxr_jax.models.vqgan import VQGAN, VQGANConfig, get_preset, to_channels
@@ -61,14 +62,14 @@ def init_autoencoder(config: ml_collections.ConfigDict, vq_cfg: VQGANConfig) -> 
     if init.get("checkpoint"):
         model = checkpoint.load_model(init.checkpoint, expect="vqgan")
         if model.config.replace(dtype=vq_cfg.dtype) != vq_cfg:
-            raise ValueError(f"{init.checkpoint}: its VQ-GAN config differs from config.model")
+            raise InputError(f"{init.checkpoint}: its VQ-GAN config differs from config.model")
         return model
     if init.get("taming_ckpt"):
         from llmcxr_jax.convert import taming
 
         cfg, params, _ = taming.import_taming(init.taming_ckpt, init.taming_config)
         if cfg != vq_cfg.replace(dtype="float32"):
-            raise ValueError(f"{init.taming_config}: its VQ-GAN config differs from config.model")
+            raise InputError(f"{init.taming_config}: its VQ-GAN config differs from config.model")
         return common.with_variables(VQGAN, vq_cfg, params)
     return VQGAN(vq_cfg, rngs=nnx.Rngs(config.seed))
 
@@ -110,7 +111,7 @@ def load_lpips(config: ml_collections.ConfigDict):
         return lpips_convert.import_lpips_from_taming(loss.perceptual_taming_ckpt)
     if loss.get("perceptual_vgg") and loss.get("perceptual_lin"):
         return lpips_convert.import_lpips(loss.perceptual_vgg, loss.perceptual_lin)
-    raise ValueError(
+    raise InputError(
         "config.loss.perceptual_weight > 0 needs LPIPS weights: set "
         "config.loss.perceptual_taming_ckpt (a taming VQ-GAN .ckpt holds them), or "
         "config.loss.perceptual_vgg (torchvision vgg16 state dict) and config.loss.perceptual_lin "
@@ -138,7 +139,7 @@ def load_classifier(
     if (out / checkpoint.CONFIG_FILE).exists():
         return checkpoint.load_model(out, expect="densenet")
     if not getattr(source, "num_labels", 0):
-        raise ValueError(
+        raise InputError(
             "config.loss.clinical_weight > 0 needs a CXR classifier: set "
             "config.classifier.xrv_state_dict (torchxrayvision DenseNet-121 state dict) or "
             "config.classifier.checkpoint, or train on a labelled data set"

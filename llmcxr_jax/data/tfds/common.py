@@ -43,6 +43,7 @@ from tensorflow_datasets.core import utils as tfds_utils
 
 from llmcxr_jax.data import codes as codes_store
 from llmcxr_jax.data.labels import NOT_MENTIONED, NUM_OBSERVATIONS
+from llmcxr_jax.errors import InputError, MissingInputError
 
 log = logging.getLogger(__name__)
 
@@ -172,12 +173,17 @@ class Codes:
         self.dir = Path(codes_dir)
         manifest_file = self.dir / codes_store.MANIFEST
         if not manifest_file.is_file():
-            raise FileNotFoundError(f"{manifest_file}: no manifest (not an encode-images output)")
-        manifest = json.loads(manifest_file.read_text())
-        self.num_codes = int(manifest["num_codes"])
-        self.n_embed = int(manifest["n_embed"])
+            raise MissingInputError(f"{manifest_file}: no manifest (not an encode-images output)")
+        try:
+            manifest = json.loads(manifest_file.read_text())
+            self.num_codes = int(manifest["num_codes"])
+            self.n_embed = int(manifest["n_embed"])
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise InputError(
+                f"{manifest_file}: unreadable manifest ({type(e).__name__}: {e})"
+            ) from e
         if self.n_embed > np.iinfo(np.int16).max + 1:
-            raise ValueError(f"{codes_dir}: n_embed {self.n_embed} does not fit the int16 codes")
+            raise InputError(f"{codes_dir}: n_embed {self.n_embed} does not fit the int16 codes")
         self._codes: dict[str, np.ndarray] = {}
         for cid, codes in codes_store.iter_codes(self.dir):
             self._codes[str(cid)] = np.asarray(codes)
@@ -332,7 +338,7 @@ class CxrBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             out[split] = itertools.chain([first], gen)
         if not out:
             counts = self._skips.counts if self._skips is not None else {}
-            raise ValueError(f"{self.name}: no usable records in any split; skipped: {counts}")
+            raise InputError(f"{self.name}: no usable records in any split; skipped: {counts}")
         return out
 
     def _download_and_prepare(self, dl_manager: Any, download_config: Any) -> None:

@@ -27,6 +27,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from llmcxr_jax.data.tfds import common
+from llmcxr_jax.errors import InputError, positive_int
 
 
 class CxrPhantoms(common.CxrBuilder):
@@ -58,11 +59,14 @@ class CxrPhantoms(common.CxrBuilder):
         test_size: int | None = None,
         **kwargs: Any,
     ):
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise InputError(f"seed must be a whole number >= 0, got {seed!r}")
         self.seed = seed
-        self._sizes = {"train": train_size, "validate": validate_size, "test": test_size}
-        for split, n in self._sizes.items():
-            if n is not None and n < 1:
-                raise ValueError(f"{split}_size must be >= 1, got {n}")
+        sizes = {"train": train_size, "validate": validate_size, "test": test_size}
+        self._sizes = {
+            split: None if n is None else positive_int(n, f"{split}_size")
+            for split, n in sizes.items()
+        }
         super().__init__(**kwargs)
 
     def _subject(self, index: int) -> str:

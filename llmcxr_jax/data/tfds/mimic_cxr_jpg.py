@@ -37,6 +37,7 @@ import tensorflow_datasets as tfds
 from llmcxr_jax.data import reports
 from llmcxr_jax.data.labels import NEGATIVE, NOT_MENTIONED, OBSERVATIONS, POSITIVE, UNCERTAIN
 from llmcxr_jax.data.tfds import common
+from llmcxr_jax.errors import MissingInputError
 
 METADATA_CSV = "mimic-cxr-2.0.0-metadata.csv.gz"
 SPLIT_CSV = "mimic-cxr-2.0.0-split.csv.gz"
@@ -73,7 +74,7 @@ def _open_csv(root: Path, name: str) -> Iterator[dict[str, str]]:
     if not path.is_file() and (root / name.removesuffix(".gz")).is_file():
         path = root / name.removesuffix(".gz")  # already decompressed
     if not path.is_file():
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"{root / name}: not found ({MimicCxrJpg.MANUAL_DOWNLOAD_INSTRUCTIONS})"
         )
     raw = gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")  # noqa: SIM115

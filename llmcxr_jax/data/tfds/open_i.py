@@ -48,6 +48,7 @@ import tensorflow_datasets as tfds
 
 from llmcxr_jax.data import reports
 from llmcxr_jax.data.tfds import common
+from llmcxr_jax.errors import MissingInputError
 
 REPORTS_ARCHIVE = "NLMCXR_reports.tgz"
 PNG_ARCHIVE = "NLMCXR_png.tgz"
@@ -162,11 +163,11 @@ redistribute) and put into the manual dir: `{REPORTS_ARCHIVE}` (required) and `{
         root = Path(dl_manager.manual_dir)
         reports_tgz, png_tgz = root / REPORTS_ARCHIVE, root / PNG_ARCHIVE
         if not reports_tgz.is_file():
-            raise FileNotFoundError(
+            raise MissingInputError(
                 f"{reports_tgz}: not found. {self.MANUAL_DOWNLOAD_INSTRUCTIONS}"
             )
         if self.resolution is not None and not png_tgz.is_file():
-            raise FileNotFoundError(f"{png_tgz}: needed by the {self.builder_config.name} config")
+            raise MissingInputError(f"{png_tgz}: needed by the {self.builder_config.name} config")
         pngs = list_pngs(png_tgz) if png_tgz.is_file() else None
         by_split: dict[str, list[OpenIReport]] = {s: [] for s, _ in SPLIT_PERCENT}
         for rep in read_reports(reports_tgz):
