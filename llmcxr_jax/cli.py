@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import os
 import shutil
 import sys
@@ -75,6 +76,38 @@ def error_line(text: str) -> None:
     if isinstance(err, _LineTracker) and not err.at_line_start:
         err.write("\n")
     print(cli_words(text), file=err, flush=True)
+
+
+class _CommandLineFormat(logging.Formatter):
+    """Library messages as the command line shows them: INFO as is, WARNING and above
+    prefixed with their level (`warning: ...`), flag names for API hints."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.levelno < logging.WARNING:
+            return record.getMessage()
+        return f"{record.levelname.lower()}: {cli_words(record.getMessage())}"
+
+
+@contextlib.contextmanager
+def library_messages(stream: Any, level: int = logging.INFO) -> Iterator[None]:
+    """Route the `llmcxr_jax` loggers to `stream` for one command, then undo it.
+
+    The library only logs (it never prints and never configures logging); a notebook sees the
+    same messages after `logging.basicConfig(level=logging.INFO)`.
+    """
+    logger = logging.getLogger("llmcxr_jax")
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(_CommandLineFormat())
+    old = (logger.level, logger.propagate)
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    logger.propagate = False  # one copy of each line, also where the root logger has handlers
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old[0])
+        logger.propagate = old[1]
 
 
 # --- argument types: a bad value is argparse's one-line error, exit status 2 ---------------
@@ -938,7 +971,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     stderr = sys.stderr
     sys.stderr = _LineTracker(stderr)
     try:
-        func(args)
+        with library_messages(sys.stderr):
+            func(args)
     except InputError as e:
         # Bad input is the user's to fix: one line naming the input and the problem. Any
         # other exception is a bug and keeps its traceback.

@@ -21,6 +21,7 @@ step count set by the step time measured at the start of that run (`train/lm.py`
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import platform
@@ -32,6 +33,8 @@ import ml_collections
 
 from llmcxr_jax import checkpoint, sharding
 from llmcxr_jax.configs import load
+
+log = logging.getLogger(__name__)
 
 
 def config_dir() -> Path:
@@ -52,7 +55,7 @@ def _config(name: str, *overrides: str) -> ml_collections.ConfigDict:
 
 
 def _banner(text: str) -> None:
-    print(f"\n== {text}", flush=True)
+    log.info(f"\n== {text}")
 
 
 def cpu_name() -> str:
@@ -145,7 +148,7 @@ def run(
                 tmp.write_text(json.dumps({**ledger, "_runs": runs_before + 1}, indent=1))
                 os.replace(tmp, ledger_path)
                 if exc[0] is None:
-                    print(f"   {name}: {timings[name]:.0f} s", flush=True)
+                    log.info(f"   {name}: {timings[name]:.0f} s")
 
         return _Timer()
 
@@ -166,7 +169,7 @@ def run(
     vq_dir = out / "vqgan"
     with step("1/6 VQ-GAN (clinical-information-preserving loss on)"):
         if checkpoint.workdir_model(vq_dir) is None:
-            print(f"VQ-GAN and classifier data parallel over {width} device(s)", flush=True)
+            log.info(f"VQ-GAN and classifier data parallel over {width} device(s)")
             train_vqgan.train(vq_cfg, vq_dir, progress=progress)
     vq_model = checkpoint.model_dir(vq_dir)  # vqgan/model
     vq = checkpoint.load_model(vq_model, expect="vqgan")
@@ -252,7 +255,7 @@ def run(
     results["resumed"] = runs_before > 0
     results["summary"] = summarize(results, c, out)
     write_summary(results["summary"], out)
-    print("\n" + (out / "summary.md").read_text(), flush=True)
+    log.info("\n" + (out / "summary.md").read_text())
     return results
 
 

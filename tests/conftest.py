@@ -1,5 +1,6 @@
 """Test setup: 8 fake CPU devices (set before JAX initialises) and tiny random GPT-NeoX models."""
 
+import logging
 import os
 
 os.environ["XLA_FLAGS"] = (
@@ -13,6 +14,12 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "multihost: several local JAX processes as hosts (select with -m multihost)"
+    )
 
 
 def pytest_sessionstart(session):
@@ -71,3 +78,16 @@ def tiny_hf_model(
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture
+def library_log(caplog):
+    """The library's log messages since the last call, read and cleared (as capsys reads)."""
+    caplog.set_level(logging.INFO, logger="llmcxr_jax")
+
+    def read() -> str:
+        text = caplog.text
+        caplog.clear()
+        return text
+
+    return read

@@ -15,7 +15,7 @@ from llmcxr_jax import checkpoint
 from llmcxr_jax.configs import load
 from llmcxr_jax.train import lm
 from llmcxr_jax.train import state_checkpoint as train_ckpt
-from llmcxr_jax.train.metrics import read_metrics
+from llmcxr_jax.train.metric_writers import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / "configs" / "demo.py") + ":test"
@@ -118,7 +118,7 @@ def _assert_same_checkpoints(a_dir, b_dir, steps):
     b_ck.close()
 
 
-def test_corrupt_newest_checkpoint_falls_back(data_dir, tmp_path, capsys):
+def test_corrupt_newest_checkpoint_falls_back(data_dir, tmp_path, library_log):
     """One damaged checkpoint, then all of them: each is moved aside and rewritten, and the run
     ends bitwise where an uninterrupted one does."""
     config = _config(data_dir, "--config.steps=12", "--config.eval_every=0")
@@ -128,10 +128,10 @@ def test_corrupt_newest_checkpoint_falls_back(data_dir, tmp_path, capsys):
     lm.train(config, run, progress=False)
     assert train_ckpt.TrainCheckpointer(run, every=5).steps() == [5, 10]
     _zero(ckpts / "10")
-    capsys.readouterr()
+    library_log()
     config.steps = 12
     lm.train(config, run, progress=False)
-    out = capsys.readouterr().out
+    out = library_log()
     assert f"checkpoint {ckpts}/10" in out and "truncated or damaged" in out, out
     assert f"resumed from {ckpts}/5" in out
     assert (ckpts / "10.damaged").is_dir()
@@ -140,7 +140,7 @@ def test_corrupt_newest_checkpoint_falls_back(data_dir, tmp_path, capsys):
     for step in (5, 10, 12):  # every checkpoint damaged: a fresh start, said so
         _zero(ckpts / str(step))
     lm.train(config, run, progress=False)
-    out = capsys.readouterr().out
+    out = library_log()
     assert f"no usable checkpoint in {ckpts}: step(s) 12, 10, 5 damaged" in out, out
     assert "starting from step 0" in out and "resumed from" not in out
     assert {p.name for p in ckpts.iterdir()} == {
@@ -222,7 +222,7 @@ def _random_checkpoint(path, model_cls, config, std, seed):
     return tree
 
 
-def test_build_model_initialises_image_rows_from_the_vqgan_codebook(tmp_path, capsys):
+def test_build_model_initialises_image_rows_from_the_vqgan_codebook(tmp_path, library_log):
     from llmcxr_jax import sharding
     from llmcxr_jax.image_embeddings import codebook_embeddings
     from llmcxr_jax.models.gpt_neox import GPTNeoX, get_preset
@@ -246,7 +246,7 @@ def test_build_model_initialises_image_rows_from_the_vqgan_codebook(tmp_path, ca
     with_vq = ["--config.init.image_embeddings=codebook", f"--config.init.vqgan={tmp_path / 'vq'}"]
     config, plain = build()
     _, model = build(*with_vq)
-    assert "image-token embeddings (embed_in rows" in capsys.readouterr().out
+    assert "image-token embeddings (embed_in rows" in library_log()
     want = codebook_embeddings(codebook, 64, std=model.config.initializer_range, seed=config.seed)
     emb, ref = np.asarray(model.embed_in[...]), np.asarray(plain.embed_in[...])
     np.testing.assert_allclose(emb[lo:hi], want, rtol=1e-6)
@@ -275,7 +275,7 @@ def test_build_model_initialises_image_rows_from_the_vqgan_codebook(tmp_path, ca
     # stage 2 (params_from) keeps the trained rows
     checkpoint.save_model(tmp_path / "s1", model)
     _, s2 = build(*with_vq, f"--config.init.params_from={tmp_path / 's1'}")
-    assert "not applied" in capsys.readouterr().out
+    assert "not applied" in library_log()
     for name in ("embed_in", "embed_out"):
         np.testing.assert_array_equal(
             np.asarray(getattr(s2, name)[...]), np.asarray(getattr(model, name)[...])

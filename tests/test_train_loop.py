@@ -7,7 +7,7 @@ import pytest
 from llmcxr_jax.checkpoint import CheckpointError, DamagedCheckpointError
 from llmcxr_jax.train import loop
 from llmcxr_jax.train import state_checkpoint as train_ckpt
-from llmcxr_jax.train.metrics import read_metrics
+from llmcxr_jax.train.metric_writers import read_metrics
 
 
 class Counter:
@@ -54,7 +54,7 @@ def _run(workdir, steps, events, **kw):
     )
 
 
-def test_logs_hooks_checkpoints_and_resume(tmp_path, capsys):
+def test_logs_hooks_checkpoints_and_resume(tmp_path, library_log):
     events = []
     state, last = _run(tmp_path, 5, events)
     assert float(state["total"]) == 15 and int(state["n"]) == 5
@@ -68,7 +68,7 @@ def test_logs_hooks_checkpoints_and_resume(tmp_path, capsys):
 
     events.clear()
     state, last = _run(tmp_path, 7, events)  # resumes at 5 with the data position restored
-    assert "resumed from" in capsys.readouterr().out
+    assert "resumed from" in library_log()
     assert float(state["total"]) == 28 and int(state["n"]) == 7
     assert events == [("sample", 6), ("export", 7)]
     assert last["loss"] == 7.0
@@ -103,15 +103,15 @@ def _final(workdir):
 
 
 @pytest.mark.parametrize("damaged", [[5], [2, 4, 5]], ids=["newest", "all"])
-def test_damaged_checkpoints_are_moved_aside_and_rewritten(tmp_path, capsys, damaged):
+def test_damaged_checkpoints_are_moved_aside_and_rewritten(tmp_path, library_log, damaged):
     _run(tmp_path / "ref", 5, [])
     _run(tmp_path / "run", 5, [])
     ckpts = tmp_path / "run" / "checkpoints"
     for step in damaged:
         _damage(ckpts / str(step))
-    capsys.readouterr()
+    library_log()
     state, _ = _run(tmp_path / "run", 5, [])
-    out = capsys.readouterr().out
+    out = library_log()
     for step in damaged:
         assert f"checkpoint {ckpts}/{step}" in out and "truncated or damaged" in out
         assert (ckpts / f"{step}.damaged").is_dir()  # kept for inspection, not listed

@@ -22,7 +22,7 @@ from llmcxr_jax.models import densenet
 from llmcxr_jax.models.vqgan import VQGAN, get_preset
 from llmcxr_jax.train import state_checkpoint as train_ckpt
 from llmcxr_jax.train import vqgan, vqgan_step
-from llmcxr_jax.train.metrics import read_metrics
+from llmcxr_jax.train.metric_writers import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / "configs" / "vqgan_demo.py") + ":test"
@@ -136,7 +136,7 @@ def test_killed_run_resumes_from_its_last_checkpoint_and_matches(tmp_path):
         np.testing.assert_array_equal(np.asarray(a[k]), np.asarray(b[k]), err_msg=k)
 
 
-def test_corrupt_newest_checkpoint_falls_back(tmp_path, capsys):
+def test_corrupt_newest_checkpoint_falls_back(tmp_path, library_log):
     config = load(CONFIG, ["--config.steps=20", "--config.ckpt_every=10"])
     vqgan.train(config, tmp_path, progress=False)
     ckpt = train_ckpt.TrainCheckpointer(tmp_path, every=10)
@@ -146,7 +146,7 @@ def test_corrupt_newest_checkpoint_falls_back(tmp_path, capsys):
             f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
     config.steps = 25
     vqgan.train(config, tmp_path, progress=False)
-    out = capsys.readouterr().out
+    out = library_log()
     ckpts = tmp_path / "checkpoints"
     assert f"checkpoint {ckpts}/20" in out and "truncated or damaged" in out
     assert (ckpts / "20.damaged").is_dir()
@@ -154,7 +154,7 @@ def test_corrupt_newest_checkpoint_falls_back(tmp_path, capsys):
     assert "resumed from" in out and out.split("resumed from")[1].split()[0].endswith("/10")
 
 
-def test_finetune_from_taming_with_its_lpips_and_discriminator(tmp_path, capsys):
+def test_finetune_from_taming_with_its_lpips_and_discriminator(tmp_path, library_log):
     """A taming training checkpoint brings the VQ-GAN, LPIPS and the discriminator along."""
     import torch
 
@@ -195,7 +195,7 @@ def test_finetune_from_taming_with_its_lpips_and_discriminator(tmp_path, capsys)
         ],
     )
     metrics = vqgan.train(config, tmp_path / "w", progress=False)
-    assert "discriminator: taming's" in capsys.readouterr().out
+    assert "discriminator: taming's" in library_log()
     assert metrics["perceptual"] > 0 and "clinical" not in metrics
     first = read_metrics(tmp_path / "w")[0]
     x = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (1, 32, 32, 3)), jnp.float32)
@@ -271,7 +271,7 @@ def test_grey_model_trains_against_the_channel_mean(tmp_path):
 
     from llmcxr_jax.models import common
     from llmcxr_jax.models.discriminator import NLayerDiscriminator
-    from llmcxr_jax.train.metrics import MetricWriter
+    from llmcxr_jax.train.metric_writers import MetricWriter
 
     config = load(CONFIG, ["--config.loss.disc_start=0"])
     config.model_overrides.update({"in_channels": 1, "out_ch": 1})  # `tiny`, grey

@@ -77,7 +77,7 @@ def train(
     )
     batches = ImageBatches(source, data, mesh, keys=("image", "labels"))
 
-    def log(window: list[loop.Metrics], at: loop.Progress):
+    def log_window(window: list[loop.Metrics], at: loop.Progress):
         last = {k: float(v) for k, v in window[-1].items()}
         return last, {"loss": f"{last['loss']:.3f}", "acc": f"{last['acc']:.2f}"}
 
@@ -86,7 +86,7 @@ def train(
         (params, stats, tx.init(params)),
         batches,
         loop.Schedule(steps=c.train_steps),
-        log=log,
+        log=log_window,
         progress=progress,
         desc="train-classifier",
     )

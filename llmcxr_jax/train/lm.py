@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import shutil
@@ -42,6 +43,8 @@ from llmcxr_jax.generate import Generator
 from llmcxr_jax.models.gpt_neox import GPTNeoX, get_preset, model_from_params, params_of
 from llmcxr_jax.tokenizer import MultimodalTokenizer
 from llmcxr_jax.train import lm_step, loop, optim
+
+log = logging.getLogger(__name__)
 
 # bf16 dense peak FLOP/s per chip, for the MFU estimate (none known for CPUs).
 PEAK_FLOPS = {
@@ -148,10 +151,9 @@ def build_model(
             model.config, params_of(model), tok.vocab_size, rng=config.seed
         )
         model = model_from_params(cfg, params)
-        print(
+        log.info(
             f"vocabulary grown to {tok.vocab_size} (text {tok.text_vocab_size} + "
-            f"{tok.num_image_codes} image codes)",
-            flush=True,
+            f"{tok.num_image_codes} image codes)"
         )
     if image_rows:
         from llmcxr_jax.image_embeddings import init_image_rows
@@ -159,12 +161,11 @@ def build_model(
         # a checkpoint's text rows give the scale; a model from scratch has its initializer's
         std = None if init.get("checkpoint") else model.config.initializer_range
         model = init_image_rows(model, tok, codebook, seed=config.seed, rows=image_rows, std=std)
-        print(
+        log.info(
             f"image-token embeddings ({', '.join(image_rows)} rows {tok.text_vocab_size}.."
             f"{tok.vocab_size - 1}) initialised from the codebook of {init.vqgan} "
             f"({codebook.shape[0]} x {codebook.shape[1]} -> {model.config.hidden_size}, "
-            f"seed {config.seed})",
-            flush=True,
+            f"seed {config.seed})"
         )
     graphdef, state = nnx.split(model)
     return nnx.merge(graphdef, sharding.shard_state(state, mesh))
@@ -187,10 +188,9 @@ def _image_embedding_plan(
             "model checkpoint whose codebook encoded the data (train-vqgan's workdir/model)"
         )
     if init.get("params_from"):
-        print(
+        log.warning(
             f"init.image_embeddings={init.image_embeddings!r} not applied: init.params_from "
-            "starts from trained embeddings",
-            flush=True,
+            "starts from trained embeddings"
         )
         return (), None
     codebook = image_embeddings.load_codebook(init.vqgan)
@@ -270,7 +270,7 @@ def train(
     if config.data.get("dolly_jsonl"):
         dolly, problems = instructions.read_dolly_jsonl(config.data.dolly_jsonl)
         if problems:
-            print(f"{len(problems)} instruction records skipped, e.g. {problems[0]}", flush=True)
+            log.warning(f"{len(problems)} instruction records skipped, e.g. {problems[0]}")
     batches, counters = pipeline.from_config(
         config, records, tok, num_codes=num_codes, mesh=mesh, instruction_records=dolly
     )
@@ -314,7 +314,7 @@ def train(
     fpt, peak = flops_per_token(model.config, config.data.max_len), peak_flops()
     lr = optim.schedule(config.optim)
 
-    def log(window: list[loop.Metrics], at: loop.Progress):
+    def log_window(window: list[loop.Metrics], at: loop.Progress):
         avg = clu_metrics.Average.from_model_output(window[0]["loss"])
         for m in window[1:]:
             avg = avg.merge(clu_metrics.Average.from_model_output(m["loss"]))
@@ -353,7 +353,7 @@ def train(
         batches,
         loop.Schedule.from_config(config, steps),
         workdir=workdir,
-        log=log,
+        log=log_window,
         evaluate=lambda step, state: _evaluate(config, tok, mesh, eval_fn, state.params, num_codes),
         sample=sample,
         export=export,
@@ -364,7 +364,7 @@ def train(
     )
     drops = counters.as_dict()
     if drops:
-        print(f"train: skipped (counted, not trained on): {drops}", flush=True)
+        log.warning(f"train: skipped (counted, not trained on): {drops}")
     return last
 
 
@@ -407,10 +407,9 @@ def _steps_for_budget(
     del probe
     left = float(config.time_budget_s) - (time.time() - t_train) - compile_s
     steps = max(int(0.95 * left / step_s), int(config.optim.warmup_steps) + 1)
-    print(
+    log.info(
         f"time budget {float(config.time_budget_s):.0f} s: {step_s:.3f} s per step measured, "
-        f"{steps} steps",
-        flush=True,
+        f"{steps} steps"
     )
     tmp = workdir / f".{BUDGET_FILE}.tmp"
     tmp.write_text(json.dumps({"steps": steps, "step_s": step_s, "compile_s": compile_s}))

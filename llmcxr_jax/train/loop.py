@@ -12,7 +12,7 @@ A trainer brings its pure, jitted step and a few hooks; the loop owns what they 
 - a SIGTERM (a preemption notice) saves the step just done and ends the run cleanly;
 - checkpoints every `ckpt_every` steps and at the last step (state and data position);
 - metrics: at every log step the `log` hook turns the steps' metrics into scalars, which go to
-  `metrics.jsonl` and TensorBoard (train/metrics.py) and to the progress bar;
+  `metrics.jsonl` and TensorBoard (train/metric_writers.py) and to the progress bar;
 - `evaluate` and `sample` hooks at their own intervals, and `export` (the model checkpoint for
   inference) once the last step is done.
 
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -34,7 +35,9 @@ import jax
 from tqdm.auto import tqdm
 
 from llmcxr_jax.train import state_checkpoint as train_ckpt
-from llmcxr_jax.train.metrics import MetricWriter
+from llmcxr_jax.train.metric_writers import MetricWriter
+
+logger = logging.getLogger(__name__)
 
 Metrics = dict[str, Any]  # one step's metrics, as the step returned them (device arrays)
 # (state, batch, step) -> (state, metrics); `step` counts the steps done before this one
@@ -126,18 +129,16 @@ def run(
         workdir = Path(workdir)
         ckpt = train_ckpt.TrainCheckpointer(workdir, every=schedule.ckpt_every, keep=schedule.keep)
         resumed = ckpt.restore_latest(state)
-        for d in ckpt.damaged:
-            print(f"warning: {d.reason}; moved aside to {d.moved_to}", flush=True)
+        # each damaged step met on the way was logged by restore_latest and moved aside
         if resumed is not None:
             start, state, extra = resumed
             batches.set_state(extra["data"])
-            print(f"resumed from {ckpt.directory}/{start}", flush=True)
+            logger.info(f"resumed from {ckpt.directory}/{start}")
         elif ckpt.damaged:
             steps = ", ".join(str(d.step) for d in ckpt.damaged)
-            print(
+            logger.warning(
                 f"no usable checkpoint in {ckpt.directory}: step(s) {steps} damaged (moved aside "
-                f"to <step>{train_ckpt.DAMAGED_SUFFIX}, to be rewritten); starting from step 0",
-                flush=True,
+                f"to <step>{train_ckpt.DAMAGED_SUFFIX}, to be rewritten); starting from step 0"
             )
         writer = MetricWriter(workdir, enable_tensorboard=tensorboard)
     last: dict[str, float] = {}
@@ -175,7 +176,7 @@ def run(
             if periodic or step == steps or guard.requested:
                 ckpt.save(step, state, {"data": batches.get_state(), "step": step})
             if guard.requested:
-                print(f"SIGTERM: saved step {step} to {ckpt.directory}; exiting", flush=True)
+                logger.info(f"SIGTERM: saved step {step} to {ckpt.directory}; exiting")
                 break
     bar.close()
     if ckpt is not None:

@@ -15,6 +15,7 @@ XLA inserts the gradient all-reduce and BatchNorm sees the global batch.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from pathlib import Path
@@ -41,6 +42,8 @@ from llmcxr_jax.train.vqgan_step import (
     loss_weights,
     make_train_step,
 )
+
+log = logging.getLogger(__name__)
 
 Array = jax.Array
 
@@ -96,7 +99,7 @@ def init_discriminator(
         if any(k.startswith(lpips_convert.TAMING_DISC_PREFIX) for k in state):
             tree = lpips_convert.import_discriminator(state, disc_cfg, where=str(ckpt))
             disc = common.with_variables(NLayerDiscriminator, disc_cfg, tree)
-            print(f"discriminator: taming's from {ckpt}", flush=True)
+            log.info(f"discriminator: taming's from {ckpt}")
     return disc
 
 
@@ -144,10 +147,9 @@ def load_classifier(
             "config.classifier.xrv_state_dict (torchxrayvision DenseNet-121 state dict) or "
             "config.classifier.checkpoint, or train on a labelled data set"
         )
-    print(
+    log.info(
         f"clinical loss: no classifier weights given; training one on {config.data.source}'s "
-        f"{source.num_labels} labels ({c.train_steps} steps)",
-        flush=True,
+        f"{source.num_labels} labels ({c.train_steps} steps)"
     )
     model = train_classifier.train(
         c, source, seed=config.seed, progress=progress, mesh_shape=tuple(config.mesh)
@@ -215,7 +217,7 @@ def train(
 
     batches = image_batches.ImageBatches(source, config.data, mesh)
 
-    def log(window: list[loop.Metrics], at: loop.Progress):
+    def log_window(window: list[loop.Metrics], at: loop.Progress):
         last = {k: float(v) for k, v in jax.device_get(window[-1]).items()}
         last["images_per_s"] = (
             (at.step - at.start) * config.data.batch_size / max(at.run_seconds, 1e-9)
@@ -233,7 +235,7 @@ def train(
         batches,
         loop.Schedule.from_config(config, config.steps),
         workdir=workdir,
-        log=log,
+        log=log_window,
         sample=lambda step, state, batch, writer: _write_samples(
             workdir, step, ae_graphdef, state.ae, batch["image"], writer
         ),
@@ -243,10 +245,9 @@ def train(
         desc="train-vqgan",
     )
     if batches.skipped:
-        print(
+        log.warning(
             f"train-vqgan: skipped {batches.skipped} unreadable images "
-            f"(see {workdir}/skipped_images.jsonl)",
-            flush=True,
+            f"(see {workdir}/skipped_images.jsonl)"
         )
     return last
 

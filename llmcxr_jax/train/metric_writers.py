@@ -7,12 +7,15 @@ the JSONL log still has every value.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 
 class MetricWriter:
@@ -25,10 +28,9 @@ class MetricWriter:
             try:
                 from tensorboardX import SummaryWriter
             except ImportError:
-                print(
+                log.warning(
                     "tensorboardX not installed: metrics go to metrics.jsonl only "
-                    "(pip install 'llmcxr_jax[tb]')",
-                    flush=True,
+                    "(pip install 'llmcxr_jax[tb]')"
                 )
             else:
                 self._tb = SummaryWriter(str(self.workdir / "tensorboard"))
