@@ -55,6 +55,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.data.max_len = 256
     c.data.batch_size = 16
     c.data.num_threads = 2
+    c.data.input_shards = 0  # input streams; 0: one per host (see data/pipeline.py)
     c.data.seed = 0
     c.data.mask_mode = "response"
     c.data.vqa = "synthesize"  # in both stages

@@ -58,6 +58,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.data.seed = 42
     c.data.num_threads = 16
     c.data.worker_count = 0
+    c.data.input_shards = 0  # input streams; 0: one per host (see data/pipeline.py)
 
     c.optim = ml_collections.ConfigDict()
     c.optim.lr = 5e-6

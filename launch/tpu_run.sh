@@ -10,13 +10,17 @@
 #   2. put the code on every worker: a tarball of this checkout (default) or `git clone --repo`,
 #   3. install it with JAX for TPUs into ~/llmcxr_jax/.venv on every worker,
 #   4. start the job on all workers at once (--worker=all): `llmcxr-jax <job> --config ...
-#      --workdir ... --config.distributed=True <extra args>`; every worker logs to
-#      ~/llmcxr_logs/<run>.log, and --fetch-logs copies them here afterwards.
+#      --workdir ... --config.distributed=True <extra args>`, detached from the SSH session
+#      (nohup setsid, stdin closed): a dropped connection or a closed laptop does not stop it.
+#      Every worker logs to ~/llmcxr_logs/<run>.log and keeps the job's pid in <run>.pid,
+#   5. follow worker 0's log until the job ends (--no-follow returns at once; the command to
+#      re-attach is printed), then wait for every worker (only with --fetch-logs / --delete),
+#      copy the logs here (--fetch-logs) and delete the VM (--delete).
 # The workdir should be a gs:// path: every host reads and writes the same checkpoints.
 set -euo pipefail
 
 usage() {
-  sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'
   cat <<'EOF'
 Flags:
   --name NAME                TPU VM name (required)
@@ -31,13 +35,14 @@ Flags:
   --config FILE[:ARG]        config file, relative to the repository root
   --workdir DIR              run directory, normally gs://bucket/path
   --fetch-logs DIR           copy the workers' logs into DIR at the end
+  --no-follow                start the job and return (it keeps running on the workers)
   --dry-run                  print every command, run none
   -- ARGS...                 passed on to llmcxr-jax (e.g. --config.data.data_dir=gs://...)
 EOF
 }
 
 NAME="" ZONE="" PROJECT="" ACCEL="v4-8" RUNTIME="tpu-ubuntu2204-base" CREATE=0 DELETE=0
-REPO="" BRANCH="main" JOB="train" CONFIG="" WORKDIR="" FETCH_LOGS="" DRY_RUN=0
+REPO="" BRANCH="main" JOB="train" CONFIG="" WORKDIR="" FETCH_LOGS="" DRY_RUN=0 FOLLOW=1
 EXTRA=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -55,6 +60,7 @@ while [[ $# -gt 0 ]]; do
     --workdir) WORKDIR="$2"; shift 2 ;;
     --fetch-logs) FETCH_LOGS="$2"; shift 2 ;;
     --dry-run) DRY_RUN=1; shift ;;
+    --no-follow) FOLLOW=0; shift ;;
     -h|--help) usage; exit 0 ;;
     --) shift; EXTRA=("$@"); break ;;
     *) echo "tpu_run.sh: unknown flag $1 (see --help)" >&2; exit 2 ;;
@@ -128,8 +134,25 @@ on_all_workers "cd ~/llmcxr_jax && python3 -m venv .venv && .venv/bin/pip instal
 JOB_ARGS=(--config "$CONFIG" --workdir "$WORKDIR" --config.distributed=True "${EXTRA[@]}")
 QUOTED=""
 for a in "${JOB_ARGS[@]}"; do QUOTED+=" $(printf %q "$a")"; done
+# paths on the workers: the tilde is expanded there, by the remote shell
+# shellcheck disable=SC2088
+LOG="~/llmcxr_logs/$RUN_ID.log" PID="~/llmcxr_logs/$RUN_ID.pid"
+# Detached: the job's parent is init, not the SSH session, so hanging up does not reach it.
 on_all_workers "mkdir -p ~/llmcxr_logs && cd ~/llmcxr_jax && \
-.venv/bin/llmcxr-jax $(printf %q "$JOB")$QUOTED 2>&1 | tee ~/llmcxr_logs/$RUN_ID.log"
+nohup setsid .venv/bin/llmcxr-jax $(printf %q "$JOB")$QUOTED > $LOG 2>&1 < /dev/null & \
+echo \$! > $PID"
+
+ON_WORKER0=("${GCLOUD_TPU[@]}" ssh "$NAME" "${WHERE[@]}" --worker=0 --command)
+FOLLOW_CMD="tail -n +1 --pid=\$(cat $PID) -f $LOG"
+echo "tpu_run.sh: job $RUN_ID started; follow it with:"
+echo "  ${ON_WORKER0[*]} \"$FOLLOW_CMD\""
+if [[ "$FOLLOW" -eq 1 ]]; then
+  run "${ON_WORKER0[@]}" "$FOLLOW_CMD"
+fi
+if [[ -n "$FETCH_LOGS" || "$DELETE" -eq 1 ]]; then
+  # the job ends on every worker before its logs are copied or its VM deleted
+  on_all_workers "while kill -0 \$(cat $PID) 2>/dev/null; do sleep 30; done"
+fi
 
 if [[ -n "$FETCH_LOGS" ]]; then
   run mkdir -p "$FETCH_LOGS"

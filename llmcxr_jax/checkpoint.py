@@ -22,7 +22,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from llmcxr_jax import sharding
+from llmcxr_jax import distributed, sharding
 from llmcxr_jax.errors import InputError, OutputExistsError
 from llmcxr_jax.models import common
 
@@ -236,15 +236,19 @@ def save_params(
     """Write a model's variables (a pure dict of arrays) and `config` to the directory `path`."""
     model_type = model_type_of(config)
     root = Path(absolute(path))
-    if (root / PARAMS_DIR).exists() and not overwrite:
+    exists = (root / PARAMS_DIR).exists()
+    distributed.barrier("llmcxr_save_params_looked")  # every host looks before any writes
+    if exists and not overwrite:
         raise OutputExistsError(f"{root} already holds a checkpoint (pass overwrite to replace it)")
     root.mkdir(parents=True, exist_ok=True)
-    with ocp.StandardCheckpointer() as ckptr:
+    with ocp.StandardCheckpointer() as ckptr:  # every host writes its shards
         ckptr.save(root / PARAMS_DIR, params, force=overwrite)
         ckptr.wait_until_finished()
     # The config is written last: its presence marks a complete checkpoint.
-    meta = {"model_type": model_type, "config": config.to_dict()}
-    (root / CONFIG_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
+    if distributed.is_primary():
+        meta = {"model_type": model_type, "config": config.to_dict()}
+        (root / CONFIG_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
+    distributed.barrier("llmcxr_save_params_done")
 
 
 def save_model(path: str | os.PathLike, model: nnx.Module, *, overwrite: bool = False) -> None:
@@ -294,7 +298,7 @@ def load_model(
     if mesh is not None:
         shardings = nnx.to_pure_dict(sharding.state_shardings(abstract_state, mesh))
     else:
-        dev = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        dev = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
         shardings = jax.tree.map(lambda _: dev, abstract)
     target = jax.tree.map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings

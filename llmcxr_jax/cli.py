@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from llmcxr_jax.distributed import ENV_COORDINATOR  # imports no JAX
 from llmcxr_jax.errors import (  # imports nothing
     InputError,
     MissingInputError,
@@ -396,6 +397,32 @@ def _encode_images(args: argparse.Namespace) -> None:
     )
 
 
+def _local_hosts(args: argparse.Namespace) -> None:
+    """COMMAND run as N local JAX processes ("hosts") joined into one job; exit 1 with one
+    line when a host fails (the others are stopped within the heartbeat timeout)."""
+    from llmcxr_jax import distributed
+
+    command = list(args.job)
+    if command[:1] == ["--"]:
+        command = command[1:]
+    if not command:
+        raise InputError("local-hosts: give the command to run, e.g. -- train --config ...")
+    if command[0] == "local-hosts":
+        raise InputError("local-hosts: the command cannot be local-hosts itself")
+    hosts = distributed.LocalHosts(
+        command,
+        hosts=args.hosts,
+        devices_per_host=args.devices_per_host,
+        heartbeat_timeout_s=args.heartbeat_timeout,
+    )
+    with hosts, distributed.forwarded_signals(hosts):
+        exits = hosts.wait()
+    problem = distributed.summarize(exits, args.heartbeat_timeout)
+    if problem:
+        error_line(f"llmcxr-jax local-hosts: error: {problem}")
+        raise SystemExit(1)
+
+
 def _train_vqgan(args: argparse.Namespace) -> None:
     from llmcxr_jax import configs
     from llmcxr_jax.train import vqgan
@@ -627,6 +654,10 @@ def _generate(args: argparse.Namespace) -> None:
             f"--codes {args.codes}: rows of {codes.shape[1]} codes; this model's images have "
             f"{gen.num_codes}"
         )
+    from llmcxr_jax import distributed
+
+    if not distributed.is_primary():  # several hosts share the work; host 0 writes it out
+        out = None
     if out:
         out.mkdir(parents=True, exist_ok=True)
 
@@ -689,6 +720,8 @@ def _generate(args: argparse.Namespace) -> None:
     for f in res.failures:
         failed.setdefault(f.index, f)
     for i, row in enumerate(rows):
+        if not distributed.is_primary():
+            continue
         if i in failed:
             row["error"] = cli_words(failed[i].message)
             error_line(f"error: {failed[i]}")
@@ -814,6 +847,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help=".ckpt file to write (a .yaml goes beside it)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.set_defaults(func=_export_taming)
+
+    p = sub.add_parser(
+        "local-hosts",
+        help="rehearse a pod launch: run a command as N local JAX processes (hosts)",
+        description="Run COMMAND as --hosts processes on this machine, each a JAX host with "
+        "--devices-per-host CPU devices, joined through a coordinator on 127.0.0.1 (collectives "
+        "over gloo): the multi-host path of a TPU pod (per-host data shards, one Orbax "
+        "checkpoint written by all, preemption agreed by all), run on one machine. Output lines "
+        "are prefixed [host i]; SIGTERM / Ctrl-C reach every host.",
+    )
+    p.add_argument("--hosts", type=positive_int_arg, default=2, help="processes (default 2)")
+    p.add_argument("--devices-per-host", type=positive_int_arg, default=2, help="(default 2)")
+    p.add_argument(
+        "--heartbeat-timeout",
+        type=positive_int_arg,
+        default=30,
+        help="seconds a silent host is waited for before the job stops (default 30)",
+    )
+    p.add_argument("job", nargs=argparse.REMAINDER, metavar="-- COMMAND ...")
+    p.set_defaults(func=_local_hosts)
 
     p = sub.add_parser("encode-images", help="pre-tokenise a data set's images into codes")
     p.add_argument("--checkpoint", required=True, help="VQ-GAN model checkpoint directory")
@@ -972,6 +1025,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     sys.stderr = _LineTracker(stderr)
     try:
         with library_messages(sys.stderr):
+            if os.environ.get(ENV_COORDINATOR):  # one of several local hosts (`local-hosts`)
+                from llmcxr_jax import distributed
+
+                distributed.initialize()
             func(args)
     except InputError as e:
         # Bad input is the user's to fix: one line naming the input and the problem. Any

@@ -33,7 +33,7 @@ import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
-from llmcxr_jax import checkpoint
+from llmcxr_jax import checkpoint, distributed
 from llmcxr_jax import decode as decoding
 from llmcxr_jax.data import images as image_io
 from llmcxr_jax.data import instructions
@@ -439,6 +439,14 @@ class Generator:
         ids = [int(t) for t in tokens[:length] if t != self.tokenizer.end_id]
         return self.tokenizer.decode_text(ids).strip()
 
+    def _hosts_share_work(self) -> bool:
+        """Whether each host holds the whole model (so the hosts can split the batches among
+        them) rather than shards of it (then every host runs every batch together)."""
+        if jax.process_count() == 1:
+            return False
+        leaves = jax.tree.leaves(nnx.state(self.model))
+        return all(getattr(x, "is_fully_addressable", True) for x in leaves)
+
     def _generate(
         self,
         prompts: Results,
@@ -464,9 +472,10 @@ class Generator:
         out: dict[int, list[tuple[np.ndarray, int]]] = {i: [] for i in prompts.ok}
         B = self.batch_size
         key = jax.random.key(seed)
-        chunks = range(0, len(jobs), B)
-        for c, s in enumerate(tqdm(chunks, desc=desc, disable=not progress, leave=False)):
-            chunk = jobs[s : s + B]
+        starts = list(range(0, len(jobs), B))
+
+        def run_chunk(c: int) -> tuple[np.ndarray, np.ndarray]:
+            chunk = jobs[starts[c] : starts[c] + B]
             seqs = [prompts.values[i] for i, _ in chunk]
             seqs += [seqs[0]] * (B - len(seqs))  # a full batch: one compiled shape
             P = -(-max(len(x) for x in seqs) // PROMPT_BUCKET) * PROMPT_BUCKET
@@ -475,11 +484,23 @@ class Generator:
             mask = np.zeros((B, P), bool)
             for r, x in enumerate(seqs):  # left padding
                 tokens[r, P - len(x) :], mask[r, P - len(x) :] = x, True
+            # the chunk's key depends on its number only: any host computes the same chunk
             res = decoding.generate(
                 self.model, tokens, mask, rng=jax.random.fold_in(key, c), **kwargs
             )
-            toks, lens = np.asarray(res.tokens), np.asarray(res.lengths)
-            for r, (i, _) in enumerate(chunk):
+            return np.asarray(res.tokens), np.asarray(res.lengths)
+
+        bar = tqdm(total=len(starts), desc=desc, disable=not progress, leave=False)
+        if self._hosts_share_work():
+            done = distributed.share_chunks(len(starts), run_chunk, bar.update)
+        else:
+            done = []
+            for c in range(len(starts)):
+                done.append(run_chunk(c))
+                bar.update(1)
+        bar.close()
+        for c, (toks, lens) in enumerate(done):
+            for r, (i, _) in enumerate(jobs[starts[c] : starts[c] + B]):
                 out[i].append((toks[r], int(lens[r])))
         return out
 

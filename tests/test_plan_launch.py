@@ -75,12 +75,19 @@ def test_dry_run_prints_the_gcloud_commands():
     )
     assert any(" scp " in line and "--worker=all" in line for line in lines)
     ssh = [line for line in lines if " ssh cxr " in line]
-    assert len(ssh) == 3 and all("--worker=all" in line for line in ssh)
-    assert "jax[tpu]" in ssh[1] and "pip install" in ssh[1]
+    on_all = [line for line in ssh if "--worker=all" in line]
+    assert len(on_all) == 4 and "jax[tpu]" in on_all[1] and "pip install" in on_all[1]
+    # the job is detached from the SSH session: a dropped connection does not stop it
     assert (
-        "llmcxr-jax train --config configs/llmcxr_stage1.py --workdir gs://bucket/stage1 "
-        "--config.distributed=True --config.data.data_dir=gs://bucket/tfds"
-    ) in ssh[2]
+        "nohup setsid .venv/bin/llmcxr-jax train --config configs/llmcxr_stage1.py "
+        "--workdir gs://bucket/stage1 --config.distributed=True "
+        "--config.data.data_dir=gs://bucket/tfds > ~/llmcxr_logs/"
+    ) in on_all[2]
+    assert "< /dev/null &" in on_all[2] and "echo $! > ~/llmcxr_logs/" in on_all[2]
+    follow = [line for line in ssh if "--worker=0" in line]
+    assert len(follow) == 1 and "tail -n +1 --pid=" in follow[0]  # ends with the job
+    assert "while kill -0" in on_all[3]  # every worker done before logs and delete
+    assert "follow it with:" in r.stdout
     assert lines[-1].startswith("+ gcloud compute tpus tpu-vm delete cxr")
     assert not Path("/tmp/cxr-logs").exists()  # a dry run runs nothing
 
@@ -99,10 +106,14 @@ def test_clone_mode_and_bad_flags():
         "https://example.org/llmcxr_jax.git",
         "--branch",
         "dev",
+        "--no-follow",
         "--dry-run",
     )
     assert "git clone --depth 1 --branch dev https://example.org/llmcxr_jax.git" in r.stdout
     assert " scp " not in r.stdout
+    runs = [line for line in r.stdout.splitlines() if line.startswith("+ ")]
+    assert not any("--worker=0" in line for line in runs)  # --no-follow: started, not followed
+    assert "follow it with:" in r.stdout
     r = _launch("--zone", "z", "--dry-run")
     assert r.returncode == 2 and "missing --name --config --workdir" in r.stderr
     r = _launch("--bogus")

@@ -50,7 +50,7 @@ def check_manifest(out: Path, manifest: dict[str, Any]) -> None:
                 f"{out} holds codes made with other settings {diff}; use a new --out directory"
             )
     else:
-        tmp = f.with_suffix(".tmp")
+        tmp = f.with_suffix(f".{os.getpid()}.tmp")  # hosts encoding together write it at once
         tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True))
         tmp.replace(f)
 

@@ -210,6 +210,12 @@ class LMBatches:
     """Packed, batched, globally sharded training rows; `get_state`/`set_state` resume exactly.
 
     Each batch: tokens, targets, loss_mask, segment_ids, positions, all int32 [B, max_len].
+
+    The paragraphs are read as `input_shards` independent streams (shard s: paragraphs s, s+S,
+    ...), each packed on its own into B/S rows of every global batch; host i of n reads shards
+    [i*S/n, (i+1)*S/n) and feeds their rows to its devices. With `input_shards` fixed, the
+    global batches do not depend on how many hosts read them: one host reading both shards
+    trains on exactly what two hosts reading one each do (0, the default: one shard per host).
     """
 
     def __init__(
@@ -225,11 +231,16 @@ class LMBatches:
         packing_bins: int | None = None,
         counters: Counters | None = None,
         worker_count: int = 0,
+        input_shards: int = 0,
     ):
         pc, pi = jax.process_count(), jax.process_index()
-        if batch_size % pc:
-            raise InputError(f"batch_size {batch_size} is not divisible by {pc} hosts")
-        local = batch_size // pc
+        shards = input_shards or pc
+        if shards % pc:
+            raise InputError(f"data.input_shards {shards} is not a multiple of the {pc} hosts")
+        if batch_size % shards:
+            what = f"{shards} input shards" if input_shards else f"{pc} hosts"
+            raise InputError(f"batch_size {batch_size} is not divisible by {what}")
+        rows = batch_size // shards  # each shard's rows in every global batch
         self.counters = counters or Counters()
         self.max_len = max_len
 
@@ -242,17 +253,23 @@ class LMBatches:
                 return False
             return True
 
-        ds = paragraphs[pi::pc].map(encode)
-        it = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=64))
-        if worker_count:
-            it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
-        it = it.filter(fits)
-        L = {"inputs": max_len, "targets": max_len, "loss_mask": max_len}
-        it = grain.experimental.FirstFitPackIterDataset(
-            it, length_struct=L, num_packing_bins=packing_bins or 4 * local, shuffle_bins=False
-        )
-        self._dataset = it.map(self._rename).batch(local, drop_remainder=True)
-        self._iter = iter(self._dataset)
+        def stream(s: int) -> grain.IterDataset:
+            ds = paragraphs[s::shards].map(encode)
+            it = ds.to_iter_dataset(
+                grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=64)
+            )
+            if worker_count:
+                it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
+            it = it.filter(fits)
+            L = {"inputs": max_len, "targets": max_len, "loss_mask": max_len}
+            it = grain.experimental.FirstFitPackIterDataset(
+                it, length_struct=L, num_packing_bins=packing_bins or 4 * rows, shuffle_bins=False
+            )
+            return it.map(self._rename).batch(rows, drop_remainder=True)
+
+        mine = range(pi * shards // pc, (pi + 1) * shards // pc)
+        self._streams = {s: stream(s) for s in mine}
+        self._iters = {s: iter(ds) for s, ds in self._streams.items()}
         self._sharding = None
         if mesh is not None:
             self._sharding = sharding.logical_sharding(mesh, ("activation_batch", None))
@@ -268,7 +285,11 @@ class LMBatches:
         }
 
     def next_local(self) -> dict[str, np.ndarray]:
-        return next(self._iter)
+        """This host's rows of the next global batch: its shards' rows, in shard order."""
+        parts = [next(it) for it in self._iters.values()]
+        if len(parts) == 1:
+            return parts[0]
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
     def next(self) -> dict[str, Any]:
         local = self.next_local()
@@ -279,11 +300,23 @@ class LMBatches:
         }
 
     def get_state(self) -> dict[str, Any]:
-        return self._iter.get_state()
+        """This host's position: each of its shards' iterator state, by shard number."""
+        return {"shards": {str(s): it.get_state() for s, it in self._iters.items()}}
 
     def set_state(self, state: dict[str, Any]) -> None:
-        self._iter = iter(self._dataset)
-        self._iter.set_state(state)
+        states = state.get("shards")
+        if states is None and len(self._iters) == 1:  # saved before input shards existed
+            states = {str(s): state for s in self._iters}
+        missing = [s for s in self._iters if str(s) not in (states or {})]
+        if missing:
+            raise InputError(
+                f"the checkpoint holds no data position for input shard(s) {missing} "
+                "(saved with another data.input_shards)"
+            )
+        for s, ds in self._streams.items():
+            it = iter(ds)
+            it.set_state(states[str(s)])
+            self._iters[s] = it
 
 
 def from_config(
@@ -321,5 +354,6 @@ def from_config(
         num_threads=d.get("num_threads", 4),
         counters=counters,
         worker_count=d.get("worker_count", 0),
+        input_shards=d.get("input_shards", 0),
     )
     return batches, counters

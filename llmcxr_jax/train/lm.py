@@ -35,7 +35,7 @@ import numpy as np
 from clu import metrics as clu_metrics
 from flax import nnx
 
-from llmcxr_jax import checkpoint, sharding
+from llmcxr_jax import checkpoint, distributed, sharding
 from llmcxr_jax.data import instructions, pipeline
 from llmcxr_jax.data.records import field_text, open_records
 from llmcxr_jax.errors import InputError
@@ -79,6 +79,7 @@ def load_tokenizer(
 ) -> MultimodalTokenizer:
     """The configured tokenizer, or a BPE trained on the data's text (kept in the workdir)."""
     saved = workdir / "tokenizer"
+    distributed.barrier("llmcxr_tokenizer_looked")  # no host reads one another is writing
     if (saved / "tokenizer.json").exists():
         return MultimodalTokenizer.from_pretrained(saved)
     t = config.tokenizer
@@ -98,7 +99,9 @@ def load_tokenizer(
         raise InputError(
             f"tokenizer has {tok.num_image_codes} image codes, the data's VQ-GAN {num_codes}"
         )
-    tok.save(saved)
+    if distributed.is_primary():  # every host made the same one (same data, same seed)
+        tok.save(saved)
+    distributed.barrier("llmcxr_tokenizer_saved")
     return tok
 
 
@@ -256,11 +259,11 @@ def train(
     With `config.time_budget_s` the step count is set by the step time measured here (see
     `_steps_for_budget`) instead of `epochs`/`steps`."""
     t_train = time.time()
-    if config.get("distributed"):
-        jax.distributed.initialize()
+    distributed.initialize(auto=bool(config.get("distributed")))
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+    if distributed.is_primary():
+        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
     mesh = sharding.make_mesh(tuple(config.mesh))
     num_codes = config.data.num_codes
 
@@ -341,11 +344,14 @@ def train(
         )
 
     def export(state: lm_step.TrainState) -> None:
-        model = nnx.merge(graphdef, jax.device_get(state.params))
-        checkpoint.save_model(workdir / "model", model, overwrite=True)
-        if (workdir / "model" / "tokenizer").exists():
-            shutil.rmtree(workdir / "model" / "tokenizer")
-        shutil.copytree(workdir / "tokenizer", workdir / "model" / "tokenizer")
+        # one host holds only its shards of the weights: every host saves its part
+        params = state.params if jax.process_count() > 1 else jax.device_get(state.params)
+        checkpoint.save_model(workdir / "model", nnx.merge(graphdef, params), overwrite=True)
+        if distributed.is_primary():
+            if (workdir / "model" / "tokenizer").exists():
+                shutil.rmtree(workdir / "model" / "tokenizer")
+            shutil.copytree(workdir / "tokenizer", workdir / "model" / "tokenizer")
+        distributed.barrier("llmcxr_exported")
 
     _, last = loop.run(
         lambda state, batch, step: step_fn(state, batch, jax.random.key(step)),
@@ -407,13 +413,15 @@ def _steps_for_budget(
     del probe
     left = float(config.time_budget_s) - (time.time() - t_train) - compile_s
     steps = max(int(0.95 * left / step_s), int(config.optim.warmup_steps) + 1)
+    steps = distributed.from_primary(steps)  # every host runs host 0's count
     log.info(
         f"time budget {float(config.time_budget_s):.0f} s: {step_s:.3f} s per step measured, "
         f"{steps} steps"
     )
-    tmp = workdir / f".{BUDGET_FILE}.tmp"
-    tmp.write_text(json.dumps({"steps": steps, "step_s": step_s, "compile_s": compile_s}))
-    os.replace(tmp, saved)
+    if distributed.is_primary():
+        tmp = workdir / f".{BUDGET_FILE}.tmp"
+        tmp.write_text(json.dumps({"steps": steps, "step_s": step_s, "compile_s": compile_s}))
+        os.replace(tmp, saved)
     return steps
 
 

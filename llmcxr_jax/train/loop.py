@@ -34,6 +34,7 @@ from typing import Any, Protocol
 import jax
 from tqdm.auto import tqdm
 
+from llmcxr_jax import distributed
 from llmcxr_jax.train import state_checkpoint as train_ckpt
 from llmcxr_jax.train.metric_writers import MetricWriter
 
@@ -140,15 +141,21 @@ def run(
                 f"no usable checkpoint in {ckpt.directory}: step(s) {steps} damaged (moved aside "
                 f"to <step>{train_ckpt.DAMAGED_SUFFIX}, to be rewritten); starting from step 0"
             )
-        writer = MetricWriter(workdir, enable_tensorboard=tensorboard)
+        if distributed.is_primary():  # one metrics file and one event stream per run
+            writer = MetricWriter(workdir, enable_tensorboard=tensorboard)
     last: dict[str, float] = {}
     window: list[Metrics] = []
     steps, step = schedule.steps, start
     t_start = t_log = time.time()
     log_step = start
-    bar = tqdm(total=steps, initial=start, desc=desc, disable=not progress)
-    guard = train_ckpt.PreemptionGuard() if ckpt is not None else contextlib.nullcontext()
-    with guard, jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
+    bar = tqdm(
+        total=steps, initial=start, desc=desc, disable=not progress or not distributed.is_primary()
+    )
+    guard = train_ckpt.PreemptionGuard() if ckpt is not None else None
+    with (
+        guard or contextlib.nullcontext(),
+        jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext(),
+    ):
         while step < steps:
             batch = batches.next()
             state, metrics = step_fn(state, batch, step)
@@ -170,12 +177,13 @@ def run(
                 last.update(scores)
             if sample is not None and schedule.sample_every and step % schedule.sample_every == 0:
                 sample(step, state, batch, writer)
-            if ckpt is None:
+            if ckpt is None or guard is None:
                 continue
+            stop = guard.stop_after(step)  # with several hosts: agreed by all, every step
             periodic = schedule.ckpt_every and ckpt.should_save(step)
-            if periodic or step == steps or guard.requested:
-                ckpt.save(step, state, {"data": batches.get_state(), "step": step})
-            if guard.requested:
+            if periodic or step == steps or stop:
+                ckpt.save(step, state, {"step": step}, data=batches.get_state())
+            if stop:
                 logger.info(f"SIGTERM: saved step {step} to {ckpt.directory}; exiting")
                 break
     bar.close()

@@ -14,13 +14,17 @@ the wall-clock time. (A model checkpoint, the weights and config a finished run 
   not deleted: Orbax no longer lists it, so the next save of that step writes it again) and the
   previous one is used. A checkpoint that does not match the state the current code builds (a
   changed config) is not damaged: it stops the run with a `CheckpointError` and stays in place.
-- `PreemptionGuard` turns SIGTERM (how Cloud TPU announces a preemption) into a flag the
-  training loop checks after each step, so it can save and exit cleanly.
+- The data position is saved per host (`data/process_<i>-of-<n>.json`): on a pod every host
+  reads its own input shards, so each resumes from its own file.
+- `PreemptionGuard` turns SIGTERM (how Cloud TPU announces a preemption) into a stop the
+  training loop checks after each step, so it can save and exit cleanly; with several hosts
+  all of them stop after the same step, whichever host got the signal.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import signal
@@ -34,6 +38,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from llmcxr_jax import checkpoint as model_checkpoint
+from llmcxr_jax import distributed
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +72,52 @@ def unflatten_state(template: Any, flat: dict[str, Any]) -> Any:
     return jax.tree_util.tree_unflatten(treedef, leaves)
 
 
+class HostDataHandler(ocp.CheckpointHandler):
+    """Each host's data position as its own JSON file, `process_<i>-of-<n>.json`.
+
+    Orbax's JSON handler writes from the primary host only, which on a pod would resume every
+    host at host 0's position. (Grain's own handler does the same per host but only for whole
+    Grain iterators; ours are several per host.)"""
+
+    @staticmethod
+    def _name() -> str:
+        return f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+
+    def save(self, directory: epath.Path, args: HostDataSave) -> None:
+        (directory / self._name()).write_text(json.dumps(args.state))
+
+    def restore(self, directory: epath.Path, args: HostDataRestore | None = None) -> Any:
+        f = directory / self._name()
+        if not f.exists():
+            saved = sorted(p.name for p in directory.glob("process_*.json"))
+            raise model_checkpoint.CheckpointError(
+                f"{directory}: no {f.name} (data positions saved as {saved}); resume with as "
+                "many hosts as the run that saved it"
+            )
+        return json.loads(f.read_text())
+
+    def metadata(self, directory: epath.Path) -> None:
+        return None
+
+    def finalize(self, directory: epath.Path) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+@ocp.args.register_with_handler(HostDataHandler, for_save=True)
+@dataclasses.dataclass
+class HostDataSave(ocp.args.CheckpointArgs):
+    state: Any
+
+
+@ocp.args.register_with_handler(HostDataHandler, for_restore=True)
+@dataclasses.dataclass
+class HostDataRestore(ocp.args.CheckpointArgs):
+    pass
+
+
 class TrainCheckpointer:
     def __init__(
         self, workdir: str | os.PathLike, *, every: int, keep: int = 3, async_save: bool = True
@@ -87,6 +138,7 @@ class TrainCheckpointer:
             item_handlers={
                 "state": ocp.StandardCheckpointHandler(),
                 "extra": ocp.JsonCheckpointHandler(),
+                "data": HostDataHandler(),
             },
         )
         self.damaged: list[Damaged] = []  # what the last `restore_latest` moved aside
@@ -95,18 +147,25 @@ class TrainCheckpointer:
         return step % self.every == 0
 
     def save(
-        self, step: int, state: Any, extra: dict[str, Any] | None = None, *, force: bool = False
+        self,
+        step: int,
+        state: Any,
+        extra: dict[str, Any] | None = None,
+        *,
+        data: Any = None,
+        force: bool = False,
     ) -> None:
+        """Save `state` (arrays, from every host), `extra` (JSON, written by the primary host)
+        and `data` (this host's data position, JSON, one file per host)."""
         if not force and step in self.manager.all_steps():
             return
-        self.manager.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(flatten_state(state)),
-                extra=ocp.args.JsonSave(extra or {}),
-            ),
-            force=True,
-        )
+        items = {
+            "state": ocp.args.StandardSave(flatten_state(state)),
+            "extra": ocp.args.JsonSave(extra or {}),
+        }
+        if data is not None:
+            items["data"] = HostDataSave(data)
+        self.manager.save(step, args=ocp.args.Composite(**items), force=True)
 
     def wait(self) -> None:
         self.manager.wait_until_finished()
@@ -138,13 +197,14 @@ class TrainCheckpointer:
             return jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=sharding)
 
         target = {k: abstract(v) for k, v in flat_t.items()}
+        items = {"state": ocp.args.StandardRestore(target), "extra": ocp.args.JsonRestore()}
+        per_host_data = (epath.Path(where) / "data").exists()  # absent before multi-host
+        if per_host_data:
+            items["data"] = HostDataRestore()
         try:
-            restored = self.manager.restore(
-                step,
-                args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(target), extra=ocp.args.JsonRestore()
-                ),
-            )
+            restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+        except model_checkpoint.CheckpointError:
+            raise  # readable, but not this run's (another host count): not damage
         except Exception as e:  # Orbax raises many types; one line naming the file
             raise model_checkpoint.read_error(where, e) from e
         flat = restored["state"]
@@ -153,15 +213,25 @@ class TrainCheckpointer:
                 raise model_checkpoint.CheckpointError(
                     f"{where}: {k} has shape {np.shape(flat[k])}, expected {np.shape(v)}"
                 )
-        return unflatten_state(template, flat), dict(restored["extra"] or {})
+        extra = dict(restored["extra"] or {})
+        if per_host_data:
+            extra["data"] = restored["data"]
+        return unflatten_state(template, flat), extra
 
     def read_flat(self, step: int) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        """The raw {tree path: array} entries and extra JSON of `step` (for inspection)."""
+        """The raw {tree path: array} entries and extra JSON of `step` (for inspection), on
+        this process's first device whatever devices or hosts saved them."""
         try:
+            meta = self.manager.item_metadata(step)["state"]
+            meta = getattr(meta, "tree", meta)
+            one = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+            target = {
+                k: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one) for k, m in meta.items()
+            }
             restored = self.manager.restore(
                 step,
                 args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(), extra=ocp.args.JsonRestore()
+                    state=ocp.args.StandardRestore(target), extra=ocp.args.JsonRestore()
                 ),
             )
         except Exception as e:
@@ -209,17 +279,32 @@ class TrainCheckpointer:
 
 
 class PreemptionGuard:
-    """Sets `.requested` on SIGTERM (TPU preemption notice) instead of dying mid-step."""
+    """A preemption notice (SIGTERM) becomes a stop after the current step, not a death mid-step.
+
+    One process: a Python handler sets `.requested`. Several: the signal reaches one host (or
+    all, at different moments); JAX's preemption notifier, installed by
+    `jax.distributed.initialize`, catches it and the coordination service tells every host, so
+    that `stop_after(step)` is True on all of them after the same step and they save one
+    consistent checkpoint. (A Python handler there would replace JAX's and blind it.)
+    """
 
     def __init__(self, signals: tuple[int, ...] = (signal.SIGTERM,)):
         self.requested = False
+        self.multihost = jax.process_count() > 1
         self._previous: dict[int, Any] = {}
-        if threading.current_thread() is threading.main_thread():
+        if not self.multihost and threading.current_thread() is threading.main_thread():
             for s in signals:
                 self._previous[s] = signal.signal(s, self._handle)
 
     def _handle(self, signum: int, frame: Any) -> None:
         self.requested = True
+
+    def stop_after(self, step: int) -> bool:
+        """Whether to save `step` and stop. With several hosts, every host must ask at every
+        step (the hosts agree on the step through these calls)."""
+        if self.multihost and distributed.preemption_requested(step):
+            self.requested = True
+        return self.requested
 
     def restore(self) -> None:
         for s, h in self._previous.items():
