@@ -15,6 +15,10 @@ import pytest  # noqa: E402
 jax.config.update("jax_default_matmul_precision", "highest")
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "browser: drives the app in headless Chromium")
+
+
 def pytest_sessionstart(session):
     assert jax.device_count() == 8, f"expected 8 fake CPU devices, got {jax.devices()}"
 
