@@ -9,7 +9,7 @@ TEST_ENV := XLA_FLAGS="--xla_force_host_platform_device_count=8" JAX_PLATFORMS=c
 PYTEST_WORKERS ?= 2
 PYTEST_ARGS ?=
 
-.PHONY: install test demo lint bench-decode bench-generate bench-vqgan bench-vqgan-train bench-pipeline bench-train-step clean
+.PHONY: install test demo lint browser bench-decode bench-generate bench-vqgan bench-vqgan-train bench-pipeline bench-train-step clean
 
 $(STAMP): setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,8 +23,15 @@ install: $(STAMP)
 demo: $(STAMP)
 	JAX_PLATFORMS=cpu $(VENV)/bin/llmcxr-jax demo --out demo-out
 
-test: lint
+test: lint browser
 	$(TEST_ENV) $(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile tests $(PYTEST_ARGS)
+
+# The browser tests (tests/test_serve.py) drive Debian's Chromium. Installed here where we are
+# root with apt-get; elsewhere (or if apt-get fails) those tests skip, saying why.
+browser:
+	@test -x /usr/bin/chromium || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium \
+		>/dev/null; } || echo "make test: no /usr/bin/chromium: the browser tests will skip"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check llmcxr_jax tests benchmarks configs scripts

@@ -44,9 +44,16 @@ EXTRAS = {
         "nbclient>=0.11,<0.12",
         "nbformat>=5.11,<5.12",
         "ipykernel>=7.4,<8",
+        # the browser tests of `llmcxr-jax serve` (they drive Debian's chromium, not a
+        # downloaded browser)
+        "gradio>=6.31,<7",
+        "playwright>=1.65,<2",
     ],
     "tfds": ["tensorflow-datasets>=4.9.10,<4.10"],
     "tb": ["tensorboardX>=2.6,<3"],
+    # `llmcxr-jax serve`. Capped at the major version: Gradio releases a minor most weeks, and
+    # the API used here (gr.skip, buttons=, launch(theme=, css=)) is Gradio 6's.
+    "serve": ["gradio>=6.31,<7"],
 }
 
 setup(

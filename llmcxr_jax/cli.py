@@ -801,6 +801,28 @@ def _evaluate(args: argparse.Namespace) -> None:
     print(f"evaluate: results.json, results.md, samples.png in {args.out}")
 
 
+def _serve(args: argparse.Namespace) -> None:
+    import logging
+
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.getLogger("llmcxr_jax").setLevel(logging.INFO)  # start-up timings, not Orbax's chatter
+    from llmcxr_jax import serve
+
+    serve.compile_cache(None if args.no_compile_cache else serve.default_compile_cache())
+    server = serve.start(
+        args.checkpoint,
+        args.vqgan,
+        tokenizer=args.tokenizer,
+        host=args.host,
+        port=args.port,
+        max_new_tokens=args.max_new_tokens,
+        allow_upscale=args.allow_upscale,
+        max_queue=args.max_queue,
+    )
+    print(f"serve: {server.url} (Ctrl-C stops it)", flush=True)
+    server.block()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="llmcxr-jax",
@@ -937,6 +959,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=positive_int_arg, default=256, help="text length cap")
     p.add_argument("--batch-size", type=positive_int_arg, default=16)
     p.set_defaults(func=_generate)
+
+    p = sub.add_parser("serve", help="the three tasks in a browser (a Gradio app)")
+    p.add_argument("--checkpoint", required=True, help="LM checkpoint (or training workdir)")
+    p.add_argument("--vqgan", required=True, help="VQ-GAN checkpoint (or training workdir)")
+    p.add_argument("--tokenizer", help="tokenizer dir (default: CHECKPOINT/tokenizer)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0: every one)")
+    p.add_argument("--port", type=positive_int_arg, default=7860, help="the page's port")
+    p.add_argument("--max-new-tokens", type=positive_int_arg, default=256, help="report cap")
+    p.add_argument("--max-queue", type=positive_int_arg, default=16, help="requests waiting")
+    p.add_argument("--allow-upscale", action="store_true", help="upscale small films")
+    p.add_argument(
+        "--no-compile-cache",
+        action="store_true",
+        help="do not keep compiled programs in ~/.cache/llmcxr_jax/xla (restarts compile again)",
+    )
+    p.set_defaults(func=_serve)
 
     p = sub.add_parser("evaluate", help="the paper's evaluation tables for a checkpoint")
     p.add_argument("--checkpoint", required=True, help="LM checkpoint (or training workdir)")

@@ -14,6 +14,9 @@ Sampling: greedy, or temperature with optional top-k and top-p (nucleus), always
 an allowed-id set: the padding rows of a TPU-padded vocabulary are never produced, and a caller
 may pass a per-call (or per-row) token mask, e.g. only text.
 
+`stream` yields one prompt's tokens one at a time as they are sampled (a UI's streamed text),
+the same tokens `generate` gives that prompt as a batch of one.
+
 Image-constrained decoding (`vocab_range=(lo, hi)`): only the logits of ids lo..hi-1 are
 computed (a slice of the output projection, 1,024 of 51,305 rows for LLM-CXR) and sampled, so
 every step yields a valid image code and exactly `max_new_tokens` codes come out, with no
@@ -24,7 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import jax
@@ -412,3 +415,173 @@ def generate(
         vocab_range=vocab_range,
         cache_chunk=max(int(cache_chunk), 0),
     )
+
+
+# --------------------------------------------------------------------------------------------
+# Streaming: one token at a time, to the host
+# --------------------------------------------------------------------------------------------
+
+
+def _unstack(graphdef: nnx.GraphDef, state: nnx.State) -> tuple[dict[str, Array], ...]:
+    return nnx.merge(graphdef, state).unstack_layers()
+
+
+def _stream_start(
+    graphdef: nnx.GraphDef,
+    state: nnx.State,
+    layers: Any,
+    tokens: Array,
+    mask: Array,
+    allowed: Array,
+    rng: Array,
+    sampler: Sampler,
+    cache_len: int,
+    pad_id: int,
+    vocab_range: tuple[int, int] | None,
+) -> tuple[Array, Array, KVCache]:
+    """Prefill and the first token, sampled as `_generate` samples its step 0."""
+    model = nnx.merge(graphdef, state)
+    hidden, cache, positions = _prefill_hidden(model, tokens, mask, cache_len, pad_id, layers)
+    lo = 0 if vocab_range is None else vocab_range[0]
+    logits = model.logits(hidden, vocab_range)
+    tok = lo + sample_logits(logits, jax.random.fold_in(rng, 0), sampler, allowed)
+    return tok, positions, cache
+
+
+def _stream_step(
+    graphdef: nnx.GraphDef,
+    state: nnx.State,
+    layers: Any,
+    last: Array,
+    positions: Array,
+    cache: KVCache,
+    allowed: Array,
+    rng: Array,
+    step: Array,
+    sampler: Sampler,
+    vocab_range: tuple[int, int] | None,
+) -> tuple[Array, Array, KVCache]:
+    """Feed the last token, sample the next (as `_generate`'s loop body does at `step`)."""
+    model = nnx.merge(graphdef, state)
+    ones = jnp.ones((last.shape[0], 1), jnp.int32)
+    hidden, cache = model.hidden_states(
+        last[:, None], positions[:, None], ones, cache, layers=layers
+    )
+    lo = 0 if vocab_range is None else vocab_range[0]
+    logits = model.logits(hidden[:, 0], vocab_range)
+    tok = lo + sample_logits(logits, jax.random.fold_in(rng, step), sampler, allowed)
+    return tok, positions + 1, cache
+
+
+_unstack_jit = jax.jit(_unstack, static_argnames=("graphdef",))
+_stream_start_jit = jax.jit(
+    _stream_start, static_argnames=("graphdef", "cache_len", "pad_id", "vocab_range")
+)
+_stream_step_jit = jax.jit(
+    _stream_step, static_argnames=("graphdef", "vocab_range"), donate_argnames=("cache",)
+)
+
+
+def stream(
+    model: GPTNeoX,
+    prompt: Sequence[int] | np.ndarray,
+    *,
+    max_new_tokens: int,
+    sampler: Sampler = GREEDY,
+    stop_tokens: Sequence[int] = (),
+    token_mask: Array | np.ndarray | None = None,
+    rng: Array | int = 0,
+    pad_id: int = 0,
+    vocab_range: tuple[int, int] | None = None,
+    pad_to: int = 0,
+) -> Iterator[int]:
+    """Yield one prompt's new tokens one at a time, as they are sampled (for a UI that shows
+    text while it is written, or a progress bar over an image's codes).
+
+    Why not `generate`: its loop runs on the device and returns when the whole batch is done.
+    Here every step is its own jitted call (the next one dispatched before the host reads the
+    current token), so the host sees each token at once; for batches `generate` is faster.
+    The tokens are the ones `generate` gives this prompt as a batch of one row with the same
+    `rng` (same sampling stream per step); the stop token is yielded, then the stream ends.
+    `pad_to` left-pads the prompt to that many positions, so that prompts of nearby lengths
+    share one compiled program (the tokens do not depend on it).
+    """
+    ids = np.asarray(prompt, np.int32).reshape(-1)
+    if not len(ids):
+        raise ValueError("empty prompt")
+    cfg = model.config
+    positive_int(max_new_tokens, "max_new_tokens")
+    P = max(len(ids), int(pad_to))
+    if P + max_new_tokens > cfg.max_position_embeddings:
+        raise ValueError(
+            f"prompt {P} + {max_new_tokens} new tokens exceed the model's "
+            f"{cfg.max_position_embeddings} positions"
+        )
+    if not sampler.greedy and not sampler.temperature > 0:
+        raise InputError("sampling needs temperature > 0 (use Sampler.argmax() for greedy)")
+    if vocab_range is None:
+        allowed = allowed_ids(cfg.vocab_size, cfg.padded_vocab_size, token_mask, 1)
+    else:
+        lo, hi = (int(v) for v in vocab_range)
+        if not 0 <= lo < hi <= cfg.vocab_size:
+            raise ValueError(f"vocab_range {vocab_range} is not inside [0, {cfg.vocab_size})")
+        vocab_range = (lo, hi)
+        allowed = allowed_ids(hi - lo, hi - lo, token_mask, 1)
+    tokens = np.full((1, P), pad_id, np.int32)
+    mask = np.zeros((1, P), bool)
+    tokens[0, P - len(ids) :], mask[0, P - len(ids) :] = ids, True
+    key = jax.random.key(rng) if isinstance(rng, int) else rng
+    stops = {int(t) for t in stop_tokens}
+    # arguments are checked above, when `stream` is called; the work starts at the first next()
+    return _stream_tokens(
+        model, tokens, mask, allowed, key, sampler, stops, max_new_tokens, pad_id, vocab_range
+    )
+
+
+def _stream_tokens(
+    model: GPTNeoX,
+    tokens: np.ndarray,
+    mask: np.ndarray,
+    allowed: Array,
+    key: Array,
+    sampler: Sampler,
+    stops: set[int],
+    max_new_tokens: int,
+    pad_id: int,
+    vocab_range: tuple[int, int] | None,
+) -> Iterator[int]:
+    graphdef, state = nnx.split(model)
+    layers = _unstack_jit(graphdef, state)
+    tok, positions, cache = _stream_start_jit(
+        graphdef,
+        state,
+        layers,
+        jnp.asarray(tokens),
+        jnp.asarray(mask),
+        allowed,
+        key,
+        sampler,
+        cache_len=tokens.shape[1] + max_new_tokens,
+        pad_id=pad_id,
+        vocab_range=vocab_range,
+    )
+    for step in range(1, max_new_tokens + 1):
+        current = tok
+        if step < max_new_tokens:  # dispatch the next step before waiting for this token
+            tok, positions, cache = _stream_step_jit(
+                graphdef,
+                state,
+                layers,
+                current,
+                positions,
+                cache,
+                allowed,
+                key,
+                jnp.int32(step),
+                sampler,
+                vocab_range=vocab_range,
+            )
+        t = int(current[0])
+        yield t
+        if t in stops:
+            return

@@ -406,6 +406,10 @@ def summarize(results: dict[str, Any], c: ml_collections.ConfigDict, out: Path) 
         "passed": all(checked),
         "paths": [[str(p), what] for p, what in paths if p.exists() or p.name == "summary.md"],
         "tensorboard": f"tensorboard --logdir {out}",
+        "serve": (
+            f"llmcxr-jax serve --checkpoint {out / 'stage2'} "
+            f"--vqgan {checkpoint.model_dir(out / 'vqgan')}"
+        ),
     }
 
 
@@ -424,7 +428,10 @@ def summary_markdown(s: dict[str, Any]) -> str:
         lines.append(f"| {what} | {value} | {bar} | {mark} |")
     lines += ["", "outputs:"]
     lines += [f"- {p}: {what}" for p, what in s["paths"]]
-    lines += [f"- TensorBoard: `{s['tensorboard']}`", ""]
+    lines += [f"- TensorBoard: `{s['tensorboard']}`"]
+    if s.get("serve"):  # summaries written before `serve` existed have none
+        lines += [f"- try the model in a browser: `{s['serve']}`"]
+    lines += [""]
     return "\n".join(lines)
 
 

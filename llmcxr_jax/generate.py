@@ -15,6 +15,10 @@ every image has exactly h*w valid codes at any temperature or top-p, in one pass
 sampled from the full vocabulary and resampled until 256 codes came out). Text generation masks
 the image ids out and stops at `### End`.
 
+`stream_report`, `stream_answer` and `stream_image` do one input token by token (the text so
+far, or each image code, as it is sampled) for a UI such as `serve.py`; with batch_size 1 they
+give what the batched tasks give.
+
 Bad inputs never stop a batch: each task returns `Results` whose `failures` name the item and
 the problem in one line (unreadable or too small image, empty report, wrong number of codes),
 and whose `values` hold None in that item's place.
@@ -24,7 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -406,6 +410,100 @@ class Generator:
             for r, i in enumerate(chunk):
                 prompts.values[i] = np.exp(logp[r, prompts.values[i][1]])
         return prompts
+
+    # -- streaming: one input, token by token (for a UI) -----------------------------------
+
+    def stream_report(
+        self,
+        codes: Any,
+        *,
+        sampler: decoding.Sampler = LLMCXR_SAMPLER,
+        seed: int = 0,
+        max_new_tokens: int = 256,
+        instruction: str = instructions.CXR_TO_REPORT[0],
+    ) -> Iterator[str]:
+        """CXR-to-report for one image: the report written so far, after each token.
+
+        The last text is what `reports` gives the same codes and seed with batch_size 1. Bad
+        codes or a prompt too long raise an InputError here, before anything is generated.
+        """
+        prompt = self._ids(instructions.cxr_to_report_prompt(self.check_codes(codes), instruction))
+        return self._stream_text(prompt, sampler, seed, max_new_tokens)
+
+    def stream_answer(
+        self,
+        codes: Any,
+        question: str,
+        *,
+        sampler: decoding.Sampler = decoding.GREEDY,
+        seed: int = 0,
+        max_new_tokens: int = 48,
+    ) -> Iterator[str]:
+        """CXR-VQA for one (image, question): the answer so far, after each token."""
+        q = " ".join(str(question).split())
+        if not q:
+            raise InputError("empty question")
+        prompt = self._ids(instructions.vqa_prompt(q, self.check_codes(codes)))
+        return self._stream_text(prompt, sampler, seed, max_new_tokens)
+
+    def stream_image(
+        self,
+        report: str,
+        *,
+        sampler: decoding.Sampler = LLMCXR_SAMPLER,
+        seed: int = 0,
+        instruction: str = instructions.REPORT_TO_CXR[0],
+    ) -> Iterator[int]:
+        """Report-to-CXR for one report: each of the h*w codes as it is sampled (a progress
+        bar's steps); collected, they are what `images` gives with batch_size 1."""
+        text = self.check_report(report)
+        ids = self._ids(instructions.report_to_cxr_prompt(text, instruction))
+        prompt = np.concatenate([ids, np.asarray([self.tokenizer.image_begin_id], np.int32)])
+        lo, hi = self.tokenizer.image_range
+        tokens = self._stream(
+            prompt,
+            seed,
+            dict(sampler=sampler, max_new_tokens=self.num_codes, vocab_range=(lo, hi)),
+        )
+        return (t - lo for t in tokens)
+
+    def _stream_text(
+        self, prompt: np.ndarray, sampler: decoding.Sampler, seed: int, max_new_tokens: int
+    ) -> Iterator[str]:
+        kwargs = dict(
+            sampler=sampler,
+            max_new_tokens=max_new_tokens,
+            stop_tokens=[self.tokenizer.end_id],
+            token_mask=self._text_mask,
+        )
+        tokens = self._stream(prompt, seed, kwargs)
+
+        def texts() -> Iterator[str]:
+            ids: list[int] = []
+            for t in tokens:
+                if t != self.tokenizer.end_id:
+                    ids.append(t)
+                yield self.tokenizer.decode_text(ids).strip()
+
+        return texts()
+
+    def _stream(self, prompt: np.ndarray, seed: int, kwargs: dict[str, Any]) -> Iterator[int]:
+        """`decode.stream` with `_generate`'s prompt bucket and first chunk's key, so a stream
+        samples what a batch of one would."""
+        max_new = positive_int(kwargs["max_new_tokens"], "max_new_tokens")
+        max_pos = self.model.config.max_position_embeddings
+        n = len(prompt) + max_new
+        if n > max_pos:
+            raise InputError(f"prompt too long ({n} > {max_pos} tokens)")
+        bucket = -(-len(prompt) // PROMPT_BUCKET) * PROMPT_BUCKET
+        return decoding.stream(
+            self.model,
+            prompt,
+            rng=jax.random.fold_in(jax.random.key(seed), 0),
+            pad_id=self.tokenizer.pad_id,
+            pad_to=min(bucket, max_pos - max_new),
+            **kwargs,
+        )
 
     # -- machinery ---------------------------------------------------------------------------
 

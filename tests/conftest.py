@@ -20,6 +20,7 @@ def pytest_configure(config):
     config.addinivalue_line(
         "markers", "multihost: several local JAX processes as hosts (select with -m multihost)"
     )
+    config.addinivalue_line("markers", "browser: drives the app in headless Chromium")
 
 
 def pytest_sessionstart(session):

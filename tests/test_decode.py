@@ -97,6 +97,35 @@ def test_per_row_stop_tokens(hf_and_ours):
     assert np.asarray(out.stopped).all()
 
 
+@pytest.mark.parametrize("sampler", [GREEDY, Sampler(temperature=1.5, top_p=0.9)])
+def test_stream_yields_what_generate_gives_one_row(hf_and_ours, sampler):
+    """Token by token on the host, the same tokens as the on-device loop for a batch of one,
+    whatever the left padding; the stop token ends the stream."""
+    _, model = hf_and_ours
+    prompt = np.random.default_rng(6).integers(1, 211, 9)
+    free = np.asarray(
+        generate(model, prompt[None], max_new_tokens=20, sampler=sampler, rng=3).tokens
+    )
+    got = list(decode.stream(model, prompt, max_new_tokens=20, sampler=sampler, rng=3, pad_to=16))
+    assert got == list(free[0])
+    stop = int(free[0, 6])
+    k = list(free[0]).index(stop)
+    got = decode.stream(
+        model, prompt, max_new_tokens=20, sampler=sampler, rng=3, stop_tokens=[stop]
+    )
+    assert list(got) == list(free[0, : k + 1])
+
+
+def test_stream_checks_its_arguments_when_called(hf_and_ours):
+    _, model = hf_and_ours
+    with pytest.raises(ValueError, match="exceed"):
+        decode.stream(model, np.ones(200, int), max_new_tokens=100)
+    with pytest.raises(ValueError, match="temperature"):
+        decode.stream(model, [1, 2], max_new_tokens=2, sampler=Sampler(temperature=0))
+    with pytest.raises(ValueError, match="empty prompt"):
+        decode.stream(model, [], max_new_tokens=2)
+
+
 def test_cache_phases_by_hand():
     assert decode.cache_phases(10, 20, 8) == (18, 26, 30)
     assert decode.cache_phases(10, 16, 8) == (18, 26)

@@ -104,6 +104,13 @@ def test_demo_summary_names_the_cpu_checks_the_bars_and_its_paths_exist(demo_run
     assert not (out / "stage2" / "samples").exists() or any(
         p.endswith("stage2/samples") for p, _ in s["paths"]
     )
+    # the one command that serves the model it trained: its paths are that model's
+    assert f"`{s['serve']}`" in md
+    from llmcxr_jax import cli
+
+    served = cli.build_parser().parse_args(s["serve"].split()[1:])
+    assert checkpoint.model_dir(served.checkpoint) == checkpoint.workdir_model(out / "stage2")
+    assert checkpoint.load_config(served.vqgan, "vqgan")
     names = [r[0] for r in s["rows"]]
     assert any("mismatched" in n for n in names)
     assert any("PSNR" in n for n in names)

@@ -12,6 +12,7 @@ from PIL import Image
 
 from llmcxr_jax import checkpoint, decode
 from llmcxr_jax.data import instructions
+from llmcxr_jax.errors import InputError
 from llmcxr_jax.generate import Generator
 from llmcxr_jax.models.gpt_neox import GPTNeoX, get_preset
 from llmcxr_jax.models.vqgan import VQGAN
@@ -117,6 +118,29 @@ def test_same_seed_same_outputs_different_seed_different_samples(gen):
     assert (ia != ic).any()
     k = gen.images(REPORTS[:2], seed=5, num_samples=3).values
     assert k[0].shape == (3, gen.num_codes) and (k[0][0] != k[0][1]).any()
+
+
+def test_streams_end_with_what_a_batch_of_one_gives(gen):
+    one = Generator(gen.model, gen.tokenizer, gen.vqgan, batch_size=1)
+    codes = _codes(gen, 1, seed=4)[0]
+    texts = list(one.stream_report(codes, seed=4, max_new_tokens=32))
+    assert texts[-1] == one.reports([codes], seed=4, max_new_tokens=32).values[0]
+    assert all(isinstance(t, str) for t in texts)
+    film = list(one.stream_image(REPORTS[1], seed=2))
+    assert len(film) == gen.num_codes
+    np.testing.assert_array_equal(film, one.images([REPORTS[1]], seed=2).values[0])
+    q = "Is there a pleural effusion?"
+    answer = list(one.stream_answer(codes, q, max_new_tokens=8))[-1]
+    assert answer == one.answers([codes], [q], max_new_tokens=8).values[0]
+    # bad inputs are refused when the stream is asked for, before anything runs
+    with pytest.raises(InputError, match="empty report"):
+        one.stream_image("  ")
+    with pytest.raises(InputError, match="empty question"):
+        one.stream_answer(codes, " ")
+    with pytest.raises(InputError, match="prompt too long"):
+        one.stream_report(codes, max_new_tokens=400)
+    with pytest.raises(InputError, match="expected"):
+        one.stream_report(np.arange(3))
 
 
 def test_bad_inputs_are_reported_and_the_rest_completes(gen, tmp_path):
