@@ -131,34 +131,27 @@ def non_negative_int_arg(text: str) -> int:
     return value
 
 
-def probability_arg(text: str) -> float:
+def _number(text: str, ok: Callable[[float], bool], rule: str, hint: str = "") -> float:
+    """`text` as a float that satisfies `ok`, or argparse's one-line error naming `rule`."""
     try:
         value = float(text)
     except ValueError:
         value = float("nan")
-    if not 0.0 < value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be a number in (0, 1], got {text!r}")
+    if not ok(value):  # NaN fails every comparison
+        raise argparse.ArgumentTypeError(f"must be {rule}, got {text!r}{hint}")
     return value
+
+
+def probability_arg(text: str) -> float:
+    return _number(text, lambda v: 0.0 < v <= 1.0, "a number in (0, 1]")
 
 
 def positive_float_arg(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not 0.0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}")
-    return value
+    return _number(text, lambda v: 0.0 < v < float("inf"), "a number > 0")
 
 
 def non_negative_float_arg(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not 0.0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}")
-    return value
+    return _number(text, lambda v: 0.0 <= v < float("inf"), "a number >= 0")
 
 
 def mesh_arg(text: str) -> tuple[int, int, int]:
@@ -174,15 +167,9 @@ def mesh_arg(text: str) -> tuple[int, int, int]:
 
 
 def temperature_arg(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not 0.0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(
-            f"must be a number > 0, got {text!r} (--greedy decodes greedily)"
-        )
-    return value
+    return _number(
+        text, lambda v: 0.0 < v < float("inf"), "a number > 0", " (--greedy decodes greedily)"
+    )
 
 
 # --- outputs: refused when present unless --overwrite, written under a temporary name -------

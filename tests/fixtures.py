@@ -554,3 +554,29 @@ def codes_with_defects(ids: list[str], bad: dict[str, set[str]]) -> dict[str, li
             codes = codes[:-1] if invalid.index(cid) % 2 == 0 else codes[:-1] + [N_EMBED]
         entries[cid] = codes
     return entries
+
+
+def write_dicom(path: Path, pixels: np.ndarray | None, *, cut: bool = False) -> Path:
+    """An 8-bit MONOCHROME2 secondary-capture DICOM of `pixels` (None: one without Pixel Data,
+    64x64 in its header); `cut` drops its last 2000 bytes (a truncated file)."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    fm = FileMetaDataset()
+    fm.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    fm.MediaStorageSOPInstanceUID = generate_uid()
+    fm.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = fm
+    ds.SOPClassUID, ds.SOPInstanceUID = fm.MediaStorageSOPClassUID, fm.MediaStorageSOPInstanceUID
+    rows, cols = (64, 64) if pixels is None else pixels.shape
+    ds.Modality, ds.Rows, ds.Columns, ds.SamplesPerPixel = "CR", rows, cols, 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = ds.BitsStored = 8
+    ds.HighBit, ds.PixelRepresentation = 7, 0
+    if pixels is not None:
+        ds.PixelData = np.ascontiguousarray(pixels, np.uint8).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    if cut:
+        path.write_bytes(path.read_bytes()[:-2000])
+    return path

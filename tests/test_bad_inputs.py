@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fixtures import write_dicom
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "bad-inputs.md"
@@ -90,29 +91,6 @@ def _png_header_only(path: Path, width: int, height: int) -> Path:
     return path
 
 
-def _dicom(path: Path, *, pixels: bool = True, cut: bool = False) -> Path:
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
-
-    fm = FileMetaDataset()
-    fm.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    fm.MediaStorageSOPInstanceUID = generate_uid()
-    fm.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = fm
-    ds.SOPClassUID, ds.SOPInstanceUID = fm.MediaStorageSOPClassUID, fm.MediaStorageSOPInstanceUID
-    ds.Modality, ds.Rows, ds.Columns, ds.SamplesPerPixel = "CR", 64, 64, 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated = ds.BitsStored = 8
-    ds.HighBit, ds.PixelRepresentation = 7, 0
-    if pixels:
-        ds.PixelData = np.full((64, 64), 90, np.uint8).tobytes()
-    ds.save_as(path, enforce_file_format=True)
-    if cut:
-        path.write_bytes(path.read_bytes()[:-2000])
-    return path
-
-
 def _image(path: Path, size: tuple[int, int], fmt: str = "PNG") -> Path:
     from PIL import Image
 
@@ -127,8 +105,8 @@ BAD_IMAGES: dict[str, Callable[[Path], object]] = {  # name -> writer of that ba
     "text.png": lambda p: p.write_text("this is not an image\n"),
     "cut.png": lambda p: p.write_bytes(_image(p, (64, 64)).read_bytes()[:120]),
     "cut.jpg": lambda p: p.write_bytes(_image(p, (64, 64), "JPEG").read_bytes()[:300]),
-    "cut.dcm": lambda p: _dicom(p, cut=True),
-    "nopixels.dcm": lambda p: _dicom(p, pixels=False),
+    "cut.dcm": lambda p: write_dicom(p, np.full((64, 64), 90, np.uint8), cut=True),
+    "nopixels.dcm": lambda p: write_dicom(p, None),
     "small.png": lambda p: _image(p, (8, 8)),
     "huge.png": lambda p: _png_header_only(p, 100_000, 100_000),
     "missing.png": lambda p: None,

@@ -67,15 +67,20 @@ def _train_args(data_dir, workdir, *extra):
     ]
 
 
-def _launch(argv, hosts=2, devices=None, timeout_s=300):
-    """Run `argv` on `hosts` local hosts to the end; (exits, outputs)."""
-    with distributed.LocalHosts(
+def _hosts(argv, hosts=2, devices=None):
+    """`argv` on `hosts` local hosts with 4 devices in all (a context manager that reaps)."""
+    return distributed.LocalHosts(
         argv,
         hosts=hosts,
         devices_per_host=devices or 4 // hosts,
         heartbeat_timeout_s=HEARTBEAT_S,
         env=ENV,
-    ) as run:
+    )
+
+
+def _launch(argv, hosts=2, devices=None, timeout_s=300):
+    """Run `argv` on `hosts` local hosts to the end; (exits, outputs)."""
+    with _hosts(argv, hosts, devices) as run:
         exits = run.wait(timeout_s=timeout_s)
         return exits, [run.output(i) for i in range(hosts)]
 
@@ -139,13 +144,7 @@ def test_two_hosts_train_as_one_host_does(data_dir, two_host_run, tmp_path):
 
 def test_sigterm_to_one_host_saves_on_both_and_resumes_bitwise(data_dir, two_host_run, tmp_path):
     workdir = tmp_path / "run"
-    with distributed.LocalHosts(
-        _train_args(data_dir, workdir),
-        hosts=2,
-        devices_per_host=2,
-        heartbeat_timeout_s=HEARTBEAT_S,
-        env=ENV,
-    ) as run:
+    with _hosts(_train_args(data_dir, workdir)) as run:
         _wait_for_step(workdir, 5, run)
         run.signal(1, signal.SIGTERM)  # the preemption notice reaches one host
         exits = run.wait(timeout_s=120)
@@ -166,13 +165,7 @@ def test_sigterm_to_one_host_saves_on_both_and_resumes_bitwise(data_dir, two_hos
 
 def test_a_killed_host_stops_the_other_and_the_run_resumes(data_dir, two_host_run, tmp_path):
     workdir = tmp_path / "run"
-    with distributed.LocalHosts(
-        _train_args(data_dir, workdir),
-        hosts=2,
-        devices_per_host=2,
-        heartbeat_timeout_s=HEARTBEAT_S,
-        env=ENV,
-    ) as run:
+    with _hosts(_train_args(data_dir, workdir)) as run:
         _wait_for_step(workdir, 6, run)
         run.signal(1, signal.SIGKILL)  # no notice: the host is gone
         t_kill = time.time()

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fixtures import write_dicom
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
@@ -73,29 +74,6 @@ def _png(path: Path, pixels: np.ndarray) -> Path:
     from PIL import Image
 
     Image.fromarray(pixels).save(path)
-    return path
-
-
-def _dicom(path: Path, pixels: np.ndarray | None) -> Path:
-    """A MONOCHROME2 secondary-capture DICOM (None: one without Pixel Data)."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
-
-    fm = FileMetaDataset()
-    fm.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    fm.MediaStorageSOPInstanceUID = generate_uid()
-    fm.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = fm
-    ds.SOPClassUID, ds.SOPInstanceUID = fm.MediaStorageSOPClassUID, fm.MediaStorageSOPInstanceUID
-    rows, cols = (64, 64) if pixels is None else pixels.shape
-    ds.Modality, ds.Rows, ds.Columns, ds.SamplesPerPixel = "CR", rows, cols, 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated = ds.BitsStored = 8
-    ds.HighBit, ds.PixelRepresentation = 7, 0
-    if pixels is not None:
-        ds.PixelData = np.ascontiguousarray(pixels, np.uint8).tobytes()
-    ds.save_as(path, enforce_file_format=True)
     return path
 
 
@@ -165,10 +143,10 @@ def files(tmp_path_factory, server) -> dict[str, Path]:
     cut.write_bytes(_png(d / "whole.png", film).read_bytes()[:200])
     return {
         "png": _png(d / "film.png", film),
-        "dicom": _dicom(d / "film.dcm", film),
+        "dicom": write_dicom(d / "film.dcm", film),
         "text": text,
         "small": _png(d / "small.png", film[: res // 2, : res // 2]),
-        "nopixels": _dicom(d / "nopixels.dcm", None),
+        "nopixels": write_dicom(d / "nopixels.dcm", None),
         "cut": cut,
     }
 
