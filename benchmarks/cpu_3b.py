@@ -1,0 +1,238 @@
+"""Real-size inference on a CPU: dolly-v2-3b's shapes with LLM-CXR's 51,305-row vocabulary.
+
+Random weights (the real ones cannot be downloaded here; speed does not depend on their values),
+fp32 unless named, on this machine's cores. Two tasks, one sample each:
+
+- (a) CXR-to-report: a 300-token prompt (an image's 256 codes and the template), then a report
+  of exactly 128 tokens, nucleus sampling (top-p 0.92) over the whole vocabulary;
+- (b) report-to-CXR: a 64-token report prompt, then a film. Ours samples exactly 256 codes (only
+  the 1,024 image-code logits are computed) and decodes them with the VQ-GAN at 256x256.
+  PyTorch uses LLM-CXR's settings: top-p 0.92 over the whole vocabulary, 300 new tokens, ONE
+  attempt (the original resamples until 256 codes come out: a lower bound on its cost).
+
+Each engine runs in its own process (they never share memory): JAX fp32 (first call, which
+compiles, and a second, steady call), then transformers' `GPTNeoXForCausalLM.generate` in fp32,
+bf16 and with PyTorch's dynamic int8 (`quantize_dynamic` on the Linear layers). Reported: seconds
+per sample, tokens/s, ms/token against the memory-bandwidth floor (weight bytes read per token
+over the bandwidth measured here by a large read), and each process's peak resident memory.
+
+    python benchmarks/cpu_3b.py [--engines jax torch-fp32 torch-bf16 torch-int8] [--tasks a b]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+TEXT_VOCAB = 50281  # GPT-NeoX BPE + dolly's and LLM-CXR's special tokens
+VOCAB = TEXT_VOCAB + 1024  # + 1,024 image codes
+IMAGE_LO, IMAGE_HI = TEXT_VOCAB, VOCAB
+END_ID = 50277  # dolly's `### End`
+TOP_P = 0.92
+REPORT_PROMPT, REPORT_NEW = 300, 128
+FILM_PROMPT, FILM_CODES, LLMCXR_MAX_NEW = 64, 256, 300
+ENGINES = ("jax", "torch-fp32", "torch-bf16", "torch-int8")
+
+
+def peak_rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
+def bandwidth_gbs() -> float:
+    """Read bandwidth of this machine: the best of 5 sums over a 2 GB array."""
+    x = np.ones(2**28, np.float64)  # 2 GiB
+    best = min(_timed(lambda: x.sum()) for _ in range(5))
+    return x.nbytes / best / 1e9
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def _prompts(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    report = rng.integers(1, END_ID, (1, REPORT_PROMPT))
+    report[0, -256 - 20 : -20] = rng.integers(IMAGE_LO, IMAGE_HI, 256)  # the image's codes
+    film = rng.integers(1, END_ID, (1, FILM_PROMPT))
+    return report, film
+
+
+def run_jax(tasks: list[str], seed: int, layers: int) -> dict:
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from llmcxr_jax.decode import Sampler, generate
+    from llmcxr_jax.models.gpt_neox import GPTNeoX, get_preset
+    from llmcxr_jax.models.vqgan import VQGAN
+    from llmcxr_jax.models.vqgan import get_preset as vq_preset
+
+    t0 = time.perf_counter()
+    cfg = get_preset("dolly-v2-3b", vocab_size=VOCAB, num_layers=layers)
+    # shapes only, then N(0, 0.02) from numpy: JAX's threefry init of 2.8 B values takes minutes
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: GPTNeoX(cfg, rngs=nnx.Rngs(seed))))
+    gen = np.random.default_rng(seed)
+    state = jax.tree.map(
+        lambda a: jnp.asarray(gen.standard_normal(a.shape, np.float32) * np.float32(0.02)), state
+    )
+    model = nnx.merge(graphdef, state)
+    vq = VQGAN(vq_preset("llmcxr-f16"), rngs=nnx.Rngs(seed))
+    out = {"params": model.config.num_params(), "build_s": time.perf_counter() - t0}
+    report, film = _prompts(seed)
+    sampler = Sampler(top_p=TOP_P)
+    decode = nnx.jit(lambda m, c: m.decode(c))
+    for task in tasks:
+        for call in ("first", "steady"):
+            t0 = time.perf_counter()
+            if task == "a":
+                res = generate(model, report, max_new_tokens=REPORT_NEW, sampler=sampler, rng=seed)
+                jax.block_until_ready(res.tokens)
+                new = REPORT_NEW
+            else:
+                res = generate(
+                    model,
+                    film,
+                    max_new_tokens=FILM_CODES,
+                    sampler=sampler,
+                    vocab_range=(IMAGE_LO, IMAGE_HI),
+                    rng=seed,
+                )
+                codes = np.asarray(res.tokens) - IMAGE_LO
+                assert codes.shape == (1, FILM_CODES) and codes.min() >= 0
+                t1 = time.perf_counter()
+                pixels = jax.block_until_ready(decode(vq, codes))
+                out[f"b_{call}_vq_decode_s"] = time.perf_counter() - t1
+                assert pixels.shape[1:3] == (256, 256)
+                new = FILM_CODES
+            out[f"{task}_{call}_s"] = time.perf_counter() - t0
+            out[f"{task}_new_tokens"] = new
+    out["peak_rss_gb"] = peak_rss_gb()
+    return out
+
+
+def run_torch(dtype: str, tasks: list[str], seed: int, layers: int) -> dict:
+    import torch
+    import transformers
+
+    torch.manual_seed(seed)
+    cfg = transformers.GPTNeoXConfig(
+        vocab_size=VOCAB,
+        hidden_size=2560,
+        num_hidden_layers=layers,
+        num_attention_heads=32,
+        intermediate_size=10240,
+        rotary_pct=0.25,
+        max_position_embeddings=2048,
+        use_parallel_residual=True,
+        bos_token_id=0,
+        eos_token_id=END_ID,
+    )
+    t0 = time.perf_counter()
+    model = transformers.GPTNeoXForCausalLM(cfg).eval()
+    if dtype == "bf16":
+        model = model.to(torch.bfloat16)
+    elif dtype == "int8":
+        model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, torch.qint8)
+    out = {"build_s": time.perf_counter() - t0, "threads": torch.get_num_threads()}
+    report, film = _prompts(seed)
+    for task in tasks:
+        x = torch.tensor(report if task == "a" else film)
+        kw = dict(do_sample=True, top_p=TOP_P, top_k=0, pad_token_id=0)
+        if task == "a":
+            kw.update(max_new_tokens=REPORT_NEW, min_new_tokens=REPORT_NEW, eos_token_id=None)
+        else:  # LLM-CXR's settings, one attempt
+            kw.update(max_new_tokens=LLMCXR_MAX_NEW, eos_token_id=END_ID)
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            y = model.generate(x, attention_mask=torch.ones_like(x), **kw)
+        out[f"{task}_steady_s"] = time.perf_counter() - t0
+        new = y[0, x.shape[1] :].numpy()
+        out[f"{task}_new_tokens"] = int(len(new))
+        if task == "b":
+            out["b_image_codes"] = int(((new >= IMAGE_LO) & (new < IMAGE_HI)).sum())
+    out["peak_rss_gb"] = peak_rss_gb()
+    return out
+
+
+def child(engine: str, tasks: list[str], seed: int, layers: int) -> None:
+    if engine == "jax":
+        out = run_jax(tasks, seed, layers)
+    else:
+        out = run_torch(engine[6:], tasks, seed, layers)
+    print("RESULT " + json.dumps(out), flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--engines", nargs="+", default=list(ENGINES), choices=ENGINES)
+    ap.add_argument("--tasks", nargs="+", default=["a", "b"], choices=["a", "b"])
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--layers", type=int, default=32, help="32: dolly-v2-3b (fewer: a smoke test)")
+    ap.add_argument("--child", choices=ENGINES, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        child(args.child, args.tasks, args.seed, args.layers)
+        return
+
+    from timing import recorded
+
+    with recorded("cpu_3b"):
+        bw = bandwidth_gbs()
+        from llmcxr_jax.models.gpt_neox import get_preset
+
+        cfg = get_preset("dolly-v2-3b", vocab_size=VOCAB, num_layers=args.layers)
+        fp32_bytes = cfg.num_params() * 4  # every weight read once per token
+        floor = fp32_bytes / (bw * 1e9)
+        print(
+            f"{args.layers} layers, {cfg.num_params() / 1e9:.2f} B parameters; "
+            f"{os.cpu_count()} cores; read bandwidth {bw:.1f} GB/s; fp32 weights "
+            f"{fp32_bytes / 1e9:.1f} GB, so the floor is {floor * 1e3:.0f} ms/token; "
+            f"load average {os.getloadavg()[0]:.2f}\n"
+        )
+        results = {}
+        for engine in args.engines:
+            here = Path(__file__).resolve().parent
+            env = dict(os.environ, PYTHONPATH=f"{here.parent}:{os.environ.get('PYTHONPATH', '')}")
+            p = subprocess.run(
+                [sys.executable, __file__, "--child", engine, "--tasks", *args.tasks]
+                + ["--layers", str(args.layers), "--seed", str(args.seed)],
+                capture_output=True,
+                text=True,
+                env=env,
+            )
+            line = [x for x in p.stdout.splitlines() if x.startswith("RESULT ")]
+            if p.returncode or not line:
+                print(f"{engine}: failed (exit {p.returncode}): {p.stderr.strip()[-500:]}")
+                continue
+            results[engine] = json.loads(line[-1][7:])
+        print(
+            "| engine | task | s/sample | new tokens | tokens/s | ms/token | x fp32 floor "
+            "| first call s | peak RSS GB |"
+        )
+        print("|---" * 9 + "|")
+        for engine, r in results.items():
+            for t in args.tasks:
+                s, n = r[f"{t}_steady_s"], r[f"{t}_new_tokens"]
+                vq = r.get("b_steady_vq_decode_s") if t == "b" else None
+                extra = f" (VQ-GAN decode {vq:.1f} s of it)" if vq is not None else ""
+                codes = f", {r['b_image_codes']} codes" if "b_image_codes" in r and t == "b" else ""
+                print(
+                    f"| {engine} | {t} | {s:.1f}{extra} | {n}{codes} | {n / s:.2f} | "
+                    f"{s / n * 1e3:.0f} | {s / n / floor:.2f} | "
+                    f"{r.get(f'{t}_first_s', float('nan')):.1f} | {r['peak_rss_gb']:.1f} |"
+                )
+        print("\nraw: " + json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()
