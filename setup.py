@@ -48,6 +48,9 @@ EXTRAS = {
         # downloaded browser)
         "gradio>=6.31,<7",
         "playwright>=1.65,<2",
+        # the reference BLEU/ROUGE-L/CIDEr-D scorers that eval/text_metrics.py is tested against
+        # (pinned: the figures must stay those of this exact COCO caption code; no Java needed)
+        "pycocoevalcap==1.2",
     ],
     "tfds": ["tensorflow-datasets>=4.9.10,<4.10"],
     "tb": ["tensorboardX>=2.6,<3"],

@@ -283,10 +283,16 @@ def test_evaluate_end_to_end_intervals_controls_reconstructions(gen, tmp_path):
     )
     rows = [json.loads(x) for x in (tmp_path / "reports.jsonl").read_text().splitlines()]
     assert len(rows) == 8 and all(isinstance(r["greedy"], str) for r in rows)
+    # report text metrics of the greedy reports, per film in reports.jsonl
+    text = res["report_text"]
+    assert text["source"] == "greedy" and text["count"] == 8 and 0 <= text["rouge_l"] <= 1
+    keys = {*(f"bleu_{k}" for k in range(1, 5)), "rouge_l", "cider_d"}
+    assert set(rows[0]["text_scores"]) == keys
     for png in ("samples.png", "recon.png"):
         assert (tmp_path / png).stat().st_size > 0
     md = (tmp_path / "results.md").read_text()
     assert "mismatched inputs (control)" in md and evaluate.PROB_ROW in md
+    assert "| BLEU-1 | BLEU-2 | BLEU-3 | BLEU-4 | ROUGE-L | CIDEr-D |" in md
     lo, hi = c2r["auroc_ci95"]["micro"]
     assert f"{c2r['auroc']['micro']:.3f} [{lo:.3f}, {hi:.3f}]" in md
     lines = evaluate.summary_lines(res)
@@ -294,3 +300,4 @@ def test_evaluate_end_to_end_intervals_controls_reconstructions(gen, tmp_path):
     assert any("reconstruction PSNR" in ln and "dB" in ln for ln in lines)
     assert any(ln.startswith("clinical information kept") for ln in lines)
     assert any(ln.startswith("FID") and "[" in ln for ln in lines)
+    assert any(ln.startswith("report text (greedy") and "CIDEr-D" in ln for ln in lines)

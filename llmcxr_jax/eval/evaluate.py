@@ -34,6 +34,11 @@ How the numbers are formed (the original never said; these are our definitions):
   Either way the F1 prediction is score >= 0.5.
 - Greedy reports: one extra greedy report per film; `greedy_exact_match` is the fraction of
   films whose six 0/1 labels all equal the reference's.
+- Report text (`report_text`): corpus BLEU-1..4, ROUGE-L and CIDEr-D of the greedy report
+  (without greedy reports: the first sampled one) against the reference text, as
+  pycocoevalcap computes them (`eval/text_metrics.py`; CIDEr-D's document frequencies come
+  from this split's references); per-film scores in `reports.jsonl` (`text_scores`). No
+  interval: CIDEr-D's IDF and corpus BLEU's counts are not per-item sums to resample.
 - Report-to-CXR: for each test report, `k` films are generated (exactly h*w codes each) and
   decoded by the VQ-GAN; the CXR classifier's sigmoid outputs, averaged over the k films, are
   the AUROC scores; F1 prediction = score >= 0.5. The same classifier on the real test films
@@ -91,7 +96,7 @@ from llmcxr_jax.data import images as image_io
 from llmcxr_jax.data import labeler, reports, vqa
 from llmcxr_jax.data.labels import POSITIVE, UNCERTAIN, paper_labels
 from llmcxr_jax.errors import InputError
-from llmcxr_jax.eval import metrics
+from llmcxr_jax.eval import metrics, text_metrics
 from llmcxr_jax.generate import LLMCXR_SAMPLER, Generator
 
 FID_BOOTSTRAP = 200  # resamples for the FID interval (each costs two eigendecompositions)
@@ -319,6 +324,24 @@ def evaluate(
             c2r["greedy_exact_match_ci95"] = _interval(np.mean, exact, bootstrap, seed)
             c2r["greedy_count"] = len(gok)
         c2r["greedy_failures"] = [str(f) for f in got.failures]
+
+    # report text metrics (BLEU, ROUGE-L, CIDEr-D): the greedy report, else the first sample
+    if greedy_reports:
+        text_idx, source = [i for i in range(len(items)) if greedy[i] is not None], "greedy"
+        text_gen = [greedy[i] for i in text_idx]
+    else:
+        text_idx, source = list(ok), "first sampled"
+        text_gen = [reps[0] for reps in per_image]
+    per_item_text: dict[int, dict[str, float]] = {}
+    if text_idx:
+        scored_text = text_metrics.text_scores(text_gen, [items[i]["text"] for i in text_idx])
+        results["report_text"] = {
+            **scored_text.corpus,
+            "source": source,
+            "count": len(text_idx),
+        }
+        for j, i in enumerate(text_idx):
+            per_item_text[i] = {k: v[j] for k, v in scored_text.per_item.items()}
     with open(out / "reports.jsonl", "w", encoding="utf-8") as f:
         for j, i in enumerate(ok):
             row = {
@@ -326,6 +349,7 @@ def evaluate(
                 "reference": items[i]["text"],
                 "generated": per_image[j],
                 "greedy": greedy[i],
+                "text_scores": per_item_text.get(i),
             }
             f.write(json.dumps(row) + "\n")
 
@@ -588,6 +612,7 @@ def markdown(results: dict[str, Any], title: str = "ours") -> str:
                 f"({c2r['greedy_count']} films)",
                 "",
             ]
+    lines += _text_lines(results.get("report_text"), markdown=True)
     r2c = results.get("report_to_cxr") or {}
     if "auroc" in r2c:
         rows = _rows(
@@ -658,6 +683,26 @@ def _averages(res: dict[str, Any], metric: str) -> str:
     )
 
 
+def _text_lines(text: dict[str, Any] | None, markdown: bool = False) -> list[str]:
+    """The report text metrics as one line (a table and a blank line for Markdown)."""
+    if not text:
+        return []
+    names = [f"BLEU-{k}" for k in range(1, 5)] + ["ROUGE-L", "CIDEr-D"]
+    keys = [f"bleu_{k}" for k in range(1, 5)] + ["rouge_l", "cider_d"]
+    what = f"{text['source']} reports against the references, {text['count']} films"
+    if not markdown:
+        figures = ", ".join(f"{n} {text[k]:.3f}" for n, k in zip(names, keys, strict=True))
+        return [f"report text ({what}): {figures}"]
+    return [
+        f"Report text metrics ({what}; pycocoevalcap's BLEU, ROUGE-L and CIDEr-D):",
+        "",
+        "| " + " | ".join(names) + " |",
+        "|" + "---:|" * len(names),
+        "| " + " | ".join(f"{text[k]:.3f}" for k in keys) + " |",
+        "",
+    ]
+
+
 def summary_lines(results: dict[str, Any]) -> list[str]:
     """The figures as plain-text lines, each with its 95% interval: both CXR-to-report scores,
     report-to-CXR (with the real-films ceiling), their mismatched-input controls, FID, VQA and
@@ -690,6 +735,7 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
     if c2r.get("greedy_exact_match") is not None:
         em = fmt(c2r["greedy_exact_match"], c2r.get("greedy_exact_match_ci95"))
         lines.append(f"greedy reports, all six labels right: {em} ({c2r['greedy_count']} films)")
+    lines += _text_lines(results.get("report_text"))
     r2c = results.get("report_to_cxr") or {}
     kimg = settings.get("num_images", "k")
     scored(f"report-to-CXR ({kimg} generated films each)", r2c, "mismatched reports")
