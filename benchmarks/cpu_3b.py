@@ -10,13 +10,16 @@ fp32 unless named, on this machine's cores. Two tasks, one sample each:
   PyTorch uses LLM-CXR's settings: top-p 0.92 over the whole vocabulary, 300 new tokens, ONE
   attempt (the original resamples until 256 codes come out: a lower bound on its cost).
 
-Each engine runs in its own process (they never share memory): JAX fp32 (first call, which
-compiles, and a second, steady call), then transformers' `GPTNeoXForCausalLM.generate` in fp32,
-bf16 and with PyTorch's dynamic int8 (`quantize_dynamic` on the Linear layers). Reported: seconds
-per sample, tokens/s, ms/token against the memory-bandwidth floor (weight bytes read per token
-over the bandwidth measured here by a large read), and each process's peak resident memory.
+Each engine runs in its own process (they never share memory): ours in JAX fp32 (first call,
+which compiles, and a second, steady call); ours with int8 weights (`llmcxr_jax.cpu_int8`:
+the same decoding on PyTorch's fbgemm kernels, built tensor by tensor so the fp32 model is never
+whole in memory, image-constrained for (b), the VQ-GAN decode in JAX); then transformers'
+`GPTNeoXForCausalLM.generate` in fp32, bf16 and with PyTorch's dynamic int8 (`quantize_dynamic`
+on the Linear layers of the fp32 model). Reported: seconds per sample, tokens/s, ms/token
+against the memory-bandwidth floor (the engine's weight bytes read per token over the bandwidth
+measured here by a large read), and each process's peak resident memory.
 
-    python benchmarks/cpu_3b.py [--engines jax torch-fp32 torch-bf16 torch-int8] [--tasks a b]
+    python benchmarks/cpu_3b.py [--engines jax int8 torch-fp32 torch-bf16 torch-int8] [--tasks a b]
 """
 
 from __future__ import annotations
@@ -39,7 +42,8 @@ END_ID = 50277  # dolly's `### End`
 TOP_P = 0.92
 REPORT_PROMPT, REPORT_NEW = 300, 128
 FILM_PROMPT, FILM_CODES, LLMCXR_MAX_NEW = 64, 256, 300
-ENGINES = ("jax", "torch-fp32", "torch-bf16", "torch-int8")
+ENGINES = ("jax", "int8", "torch-fp32", "torch-bf16", "torch-int8")
+BYTES_PER_WEIGHT = {"int8": 1, "torch-int8": 1, "torch-bf16": 2}  # fp32 otherwise
 
 
 def peak_rss_gb() -> float:
@@ -74,8 +78,6 @@ def run_jax(tasks: list[str], seed: int, layers: int) -> dict:
 
     from llmcxr_jax.decode import Sampler, generate
     from llmcxr_jax.models.gpt_neox import GPTNeoX, get_preset
-    from llmcxr_jax.models.vqgan import VQGAN
-    from llmcxr_jax.models.vqgan import get_preset as vq_preset
 
     t0 = time.perf_counter()
     cfg = get_preset("dolly-v2-3b", vocab_size=VOCAB, num_layers=layers)
@@ -86,11 +88,10 @@ def run_jax(tasks: list[str], seed: int, layers: int) -> dict:
         lambda a: jnp.asarray(gen.standard_normal(a.shape, np.float32) * np.float32(0.02)), state
     )
     model = nnx.merge(graphdef, state)
-    vq = VQGAN(vq_preset("llmcxr-f16"), rngs=nnx.Rngs(seed))
     out = {"params": model.config.num_params(), "build_s": time.perf_counter() - t0}
     report, film = _prompts(seed)
     sampler = Sampler(top_p=TOP_P)
-    decode = nnx.jit(lambda m, c: m.decode(c))
+    vq, decode = _vqgan(seed)
     for task in tasks:
         for call in ("first", "steady"):
             t0 = time.perf_counter()
@@ -116,6 +117,85 @@ def run_jax(tasks: list[str], seed: int, layers: int) -> dict:
                 new = FILM_CODES
             out[f"{task}_{call}_s"] = time.perf_counter() - t0
             out[f"{task}_new_tokens"] = new
+    out["peak_rss_gb"] = peak_rss_gb()
+    return out
+
+
+def _vqgan(seed: int):
+    """The VQ-GAN (random weights, llmcxr-f16: 16x16 codes -> 256x256) and its jitted decode."""
+    from flax import nnx
+
+    from llmcxr_jax.models.vqgan import VQGAN, get_preset
+
+    vq = VQGAN(get_preset("llmcxr-f16"), rngs=nnx.Rngs(seed))
+    return vq, nnx.jit(lambda m, c: m.decode(c))
+
+
+def _random_hf_tensors(cfg, seed: int):
+    """(HF key, N(0, 0.02) fp32 array) for every weight of `cfg`, one at a time."""
+    rng = np.random.default_rng(seed)
+    D, F, V = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size
+
+    def w(*shape):
+        return rng.standard_normal(shape, np.float32) * np.float32(0.02)
+
+    yield "gpt_neox.embed_in.weight", w(V, D)
+    for i in range(cfg.num_layers):
+        L = f"gpt_neox.layers.{i}."
+        for ln in ("input_layernorm", "post_attention_layernorm"):
+            yield L + ln + ".weight", np.ones(D, np.float32)
+            yield L + ln + ".bias", np.zeros(D, np.float32)
+        for name, (o, n) in {
+            "attention.query_key_value": (3 * D, D),
+            "attention.dense": (D, D),
+            "mlp.dense_h_to_4h": (F, D),
+            "mlp.dense_4h_to_h": (D, F),
+        }.items():
+            yield L + name + ".weight", w(o, n)
+            yield L + name + ".bias", np.zeros(o, np.float32)
+    yield "gpt_neox.final_layer_norm.weight", np.ones(D, np.float32)
+    yield "gpt_neox.final_layer_norm.bias", np.zeros(D, np.float32)
+    yield "embed_out.weight", w(V, D)
+
+
+def run_int8(tasks: list[str], seed: int, layers: int) -> dict:
+    import jax
+
+    from llmcxr_jax.cpu_int8 import Int8GPTNeoX
+    from llmcxr_jax.decode import Sampler
+    from llmcxr_jax.models.gpt_neox import get_preset
+
+    t0 = time.perf_counter()
+    cfg = get_preset("dolly-v2-3b", vocab_size=VOCAB, num_layers=layers)
+    model = Int8GPTNeoX.from_tensors(cfg, _random_hf_tensors(cfg, seed))
+    out = {"params": cfg.num_params(), "build_s": time.perf_counter() - t0}
+    out["build_peak_rss_gb"] = peak_rss_gb()
+    report, film = _prompts(seed)
+    sampler = Sampler(top_p=TOP_P)
+    vq, decode = _vqgan(seed)
+    jax.block_until_ready(decode(vq, np.zeros((1, FILM_CODES), np.int32)))  # compile it once
+    for task in tasks:
+        t0 = time.perf_counter()
+        if task == "a":
+            res = model.generate(report, max_new_tokens=REPORT_NEW, sampler=sampler, rng=seed)
+            new = int(res.lengths[0])
+        else:
+            res = model.generate(
+                film,
+                max_new_tokens=FILM_CODES,
+                sampler=sampler,
+                vocab_range=(IMAGE_LO, IMAGE_HI),
+                rng=seed,
+            )
+            codes = res.tokens - IMAGE_LO
+            assert codes.shape == (1, FILM_CODES) and codes.min() >= 0
+            t1 = time.perf_counter()
+            pixels = jax.block_until_ready(decode(vq, codes))
+            out["b_steady_vq_decode_s"] = time.perf_counter() - t1
+            assert pixels.shape[1:3] == (256, 256)
+            new = FILM_CODES
+        out[f"{task}_steady_s"] = time.perf_counter() - t0
+        out[f"{task}_new_tokens"] = new
     out["peak_rss_gb"] = peak_rss_gb()
     return out
 
@@ -167,6 +247,8 @@ def run_torch(dtype: str, tasks: list[str], seed: int, layers: int) -> dict:
 def child(engine: str, tasks: list[str], seed: int, layers: int) -> None:
     if engine == "jax":
         out = run_jax(tasks, seed, layers)
+    elif engine == "int8":
+        out = run_int8(tasks, seed, layers)
     else:
         out = run_torch(engine[6:], tasks, seed, layers)
     print("RESULT " + json.dumps(out), flush=True)
@@ -193,6 +275,8 @@ def main() -> None:
         cfg = get_preset("dolly-v2-3b", vocab_size=VOCAB, num_layers=args.layers)
         fp32_bytes = cfg.num_params() * 4  # every weight read once per token
         floor = fp32_bytes / (bw * 1e9)
+        # int8 engines keep the input embedding in fp32 but read only one row of it a token
+        read = cfg.num_params() - cfg.vocab_size * cfg.hidden_size
         print(
             f"{args.layers} layers, {cfg.num_params() / 1e9:.2f} B parameters; "
             f"{os.cpu_count()} cores; read bandwidth {bw:.1f} GB/s; fp32 weights "
@@ -216,19 +300,21 @@ def main() -> None:
                 continue
             results[engine] = json.loads(line[-1][7:])
         print(
-            "| engine | task | s/sample | new tokens | tokens/s | ms/token | x fp32 floor "
+            "| engine | task | s/sample | new tokens | tokens/s | ms/token | x its floor "
             "| first call s | peak RSS GB |"
         )
         print("|---" * 9 + "|")
         for engine, r in results.items():
             for t in args.tasks:
                 s, n = r[f"{t}_steady_s"], r[f"{t}_new_tokens"]
+                per = BYTES_PER_WEIGHT.get(engine, 4)
+                eng_floor = floor if per == 4 else read * per / (bw * 1e9)
                 vq = r.get("b_steady_vq_decode_s") if t == "b" else None
                 extra = f" (VQ-GAN decode {vq:.1f} s of it)" if vq is not None else ""
                 codes = f", {r['b_image_codes']} codes" if "b_image_codes" in r and t == "b" else ""
                 print(
                     f"| {engine} | {t} | {s:.1f}{extra} | {n}{codes} | {n / s:.2f} | "
-                    f"{s / n * 1e3:.0f} | {s / n / floor:.2f} | "
+                    f"{s / n * 1e3:.0f} | {s / n / eng_floor:.2f} | "
                     f"{r.get(f'{t}_first_s', float('nan')):.1f} | {r['peak_rss_gb']:.1f} |"
                 )
         print("\nraw: " + json.dumps(results))

@@ -630,7 +630,11 @@ def _generate(args: argparse.Namespace) -> None:
             )
 
     gen = Generator.load(
-        args.checkpoint, args.vqgan, tokenizer=args.tokenizer, batch_size=args.batch_size
+        args.checkpoint,
+        args.vqgan,
+        tokenizer=args.tokenizer,
+        batch_size=args.batch_size,
+        quantize=args.quantize,
     )
     if args.greedy:
         sampler = decode.GREEDY
@@ -754,7 +758,11 @@ def _evaluate(args: argparse.Namespace) -> None:
     from llmcxr_jax.generate import Generator
 
     gen = Generator.load(
-        args.checkpoint, args.vqgan, tokenizer=args.tokenizer, batch_size=args.batch_size
+        args.checkpoint,
+        args.vqgan,
+        tokenizer=args.tokenizer,
+        batch_size=args.batch_size,
+        quantize=args.quantize,
     )
     clf = checkpoint.load_model(args.classifier, expect="densenet") if args.classifier else None
     name, _, variant = args.dataset.partition("/")
@@ -805,6 +813,7 @@ def _serve(args: argparse.Namespace) -> None:
         max_new_tokens=args.max_new_tokens,
         allow_upscale=args.allow_upscale,
         max_queue=args.max_queue,
+        quantize=args.quantize,
     )
     print(f"serve: {server.url} (Ctrl-C stops it)", flush=True)
     server.block()
@@ -922,6 +931,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_plan, takes_overrides=True)
 
     p = sub.add_parser("generate", help="reports from CXRs, CXRs from reports, VQA answers")
+    p.add_argument(
+        "--quantize",
+        choices=["int8"],
+        help="int8: run the LM on the CPU with int8 weights (PyTorch's fbgemm; needs torch)",
+    )
     p.add_argument("task", choices=["report", "image", "vqa"])
     p.add_argument("--checkpoint", required=True, help="LM checkpoint (or training workdir)")
     p.add_argument("--vqgan", help="VQ-GAN checkpoint: needed for image files and PNG output")
@@ -948,6 +962,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_generate)
 
     p = sub.add_parser("serve", help="the three tasks in a browser (a Gradio app)")
+    p.add_argument(
+        "--quantize",
+        choices=["int8"],
+        help="int8: run the LM on the CPU with int8 weights (PyTorch's fbgemm; needs torch)",
+    )
     p.add_argument("--checkpoint", required=True, help="LM checkpoint (or training workdir)")
     p.add_argument("--vqgan", required=True, help="VQ-GAN checkpoint (or training workdir)")
     p.add_argument("--tokenizer", help="tokenizer dir (default: CHECKPOINT/tokenizer)")
@@ -964,6 +983,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_serve)
 
     p = sub.add_parser("evaluate", help="the paper's evaluation tables for a checkpoint")
+    p.add_argument(
+        "--quantize",
+        choices=["int8"],
+        help="int8: run the LM on the CPU with int8 weights (PyTorch's fbgemm; needs torch)",
+    )
     p.add_argument("--checkpoint", required=True, help="LM checkpoint (or training workdir)")
     p.add_argument("--vqgan", help="VQ-GAN checkpoint (report-to-CXR needs it)")
     p.add_argument("--classifier", help="CXR classifier checkpoint (report-to-CXR, FID)")

@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Callable, Iterator, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,7 @@ import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
-from llmcxr_jax import checkpoint, distributed
+from llmcxr_jax import checkpoint, cpu_int8, distributed
 from llmcxr_jax import decode as decoding
 from llmcxr_jax.data import images as image_io
 from llmcxr_jax.data import instructions
@@ -46,6 +47,7 @@ from llmcxr_jax.models.gpt_neox import GPTNeoX
 from llmcxr_jax.tokenizer import MultimodalTokenizer, Paragraph
 
 LLMCXR_SAMPLER = decoding.Sampler(top_p=0.92)  # the original's sampling for every task
+QUANTIZE = (None, "int8")  # `quantize=` choices: JAX fp32/bf16 as saved, or int8 on the CPU
 PROMPT_BUCKET = 32  # prompt lengths are padded up to a multiple of this (fewer compilations)
 
 
@@ -99,11 +101,15 @@ def _run_each(items: Sequence[Any], names: Sequence[str], fn: Callable[[Any], An
 
 
 class Generator:
-    """A multimodal LM, its tokenizer and (for pixels) its VQ-GAN, ready to generate."""
+    """A multimodal LM, its tokenizer and (for pixels) its VQ-GAN, ready to generate.
+
+    The LM is a JAX `GPTNeoX`, or a `cpu_int8.Int8GPTNeoX` (int8 weights on the CPU through
+    PyTorch), which takes the same calls; everything else stays in JAX.
+    """
 
     def __init__(
         self,
-        model: GPTNeoX,
+        model: GPTNeoX | cpu_int8.Int8GPTNeoX,
         tokenizer: MultimodalTokenizer,
         vqgan: Any = None,
         *,
@@ -129,6 +135,8 @@ class Generator:
         if num_codes is None:
             raise InputError("num_codes is needed when no VQ-GAN is given")
         self.model, self.tokenizer, self.vqgan = model, tokenizer, vqgan
+        # an int8 CPU model (cpu_int8) takes the place of the JAX one for every LM call
+        self.quantized = isinstance(model, cpu_int8.Int8GPTNeoX)
         self.num_codes = num_codes
         self.batch_size = positive_int(batch_size, "batch_size")
         self._text_mask = tokenizer.allowed_mask("text", model.config.padded_vocab_size)
@@ -142,15 +150,25 @@ class Generator:
         tokenizer: str | os.PathLike | None = None,
         num_codes: int | None = None,
         batch_size: int = 16,
+        quantize: str | None = None,
     ) -> Generator:
-        """An LM checkpoint (its tokenizer saved beside it in `tokenizer/` unless given)."""
+        """An LM checkpoint (its tokenizer saved beside it in `tokenizer/` unless given).
+
+        `quantize="int8"`: the LM runs on the CPU with int8 weights through PyTorch
+        (`cpu_int8`), read one parameter at a time; the VQ-GAN stays in JAX.
+        """
         if not checkpoint.is_remote(checkpoint_dir) and not Path(checkpoint_dir).is_dir():
             raise MissingInputError(f"{checkpoint_dir}: no such checkpoint directory")
         ckpt = checkpoint.model_dir(checkpoint_dir)  # a checkpoint or a training workdir
         tok_dir = Path(tokenizer) if tokenizer else ckpt / "tokenizer"
         if not (tok_dir / "tokenizer.json").exists():
             raise MissingInputError(f"{tok_dir}: no tokenizer.json (pass tokenizer=...)")
-        model = checkpoint.load_model(ckpt, expect="gpt_neox")
+        if quantize not in QUANTIZE:
+            raise InputError(f"quantize {quantize!r}: one of {', '.join(map(str, QUANTIZE))}")
+        if quantize == "int8":
+            model: Any = cpu_int8.Int8GPTNeoX.from_checkpoint(ckpt)
+        else:
+            model = checkpoint.load_model(ckpt, expect="gpt_neox")
         vq = checkpoint.load_model(vqgan, expect="vqgan") if vqgan else None
         tok = MultimodalTokenizer.from_pretrained(tok_dir)
         return cls(model, tok, vq, num_codes=num_codes, batch_size=batch_size)
@@ -400,9 +418,12 @@ class Generator:
             mask = np.zeros((B, P), bool)
             for r, x in enumerate(seqs):  # left padding
                 tokens[r, P - len(x) :], mask[r, P - len(x) :] = x, True
-            logits, _, _ = decoding.prefill(
-                self.model, tokens, mask, cache_len=P, pad_id=self.tokenizer.pad_id
-            )
+            if self.quantized:
+                logits = self.model.prefill_logits(tokens, mask)
+            else:
+                logits, _, _ = decoding.prefill(
+                    self.model, tokens, mask, cache_len=P, pad_id=self.tokenizer.pad_id
+                )
             logits = np.asarray(logits, np.float64)[:, : allowed.shape[0]]
             logits = np.where(allowed, logits, -np.inf)
             top = logits.max(axis=1, keepdims=True)
@@ -496,8 +517,8 @@ class Generator:
         if n > max_pos:
             raise InputError(f"prompt too long ({n} > {max_pos} tokens)")
         bucket = -(-len(prompt) // PROMPT_BUCKET) * PROMPT_BUCKET
-        return decoding.stream(
-            self.model,
+        stream = self.model.stream if self.quantized else partial(decoding.stream, self.model)
+        return stream(
             prompt,
             rng=jax.random.fold_in(jax.random.key(seed), 0),
             pad_id=self.tokenizer.pad_id,
@@ -540,7 +561,7 @@ class Generator:
     def _hosts_share_work(self) -> bool:
         """Whether each host holds the whole model (so the hosts can split the batches among
         them) rather than shards of it (then every host runs every batch together)."""
-        if jax.process_count() == 1:
+        if jax.process_count() == 1 or self.quantized:
             return False
         leaves = jax.tree.leaves(nnx.state(self.model))
         return all(getattr(x, "is_fully_addressable", True) for x in leaves)
@@ -583,9 +604,8 @@ class Generator:
             for r, x in enumerate(seqs):  # left padding
                 tokens[r, P - len(x) :], mask[r, P - len(x) :] = x, True
             # the chunk's key depends on its number only: any host computes the same chunk
-            res = decoding.generate(
-                self.model, tokens, mask, rng=jax.random.fold_in(key, c), **kwargs
-            )
+            fn = self.model.generate if self.quantized else partial(decoding.generate, self.model)
+            res = fn(tokens, mask, rng=jax.random.fold_in(key, c), **kwargs)
             return np.asarray(res.tokens), np.asarray(res.lengths)
 
         bar = tqdm(total=len(starts), desc=desc, disable=not progress, leave=False)

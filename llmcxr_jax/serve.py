@@ -368,6 +368,7 @@ def start(
     max_queue: int = MAX_QUEUE,
     warm_up: bool = True,
     gen: Generator | None = None,
+    quantize: str | None = None,
 ) -> Server:
     """Load the model (a checkpoint or a training workdir, for the LM and the VQ-GAN), compile
     the tasks, and serve the page at http://host:port/ (in background threads)."""
@@ -376,7 +377,9 @@ def start(
         if not vqgan:
             raise InputError("--vqgan: the page reads and shows films, so it needs a VQ-GAN")
         vq = checkpoint.model_dir(vqgan)
-        gen = Generator.load(checkpoint_dir, vq, tokenizer=tokenizer, batch_size=1)
+        gen = Generator.load(
+            checkpoint_dir, vq, tokenizer=tokenizer, batch_size=1, quantize=quantize
+        )
     app = App(gen, max_new_tokens=max_new_tokens, allow_upscale=allow_upscale)
     timings = {"load": time.perf_counter() - t0}
     if warm_up:
