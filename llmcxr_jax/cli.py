@@ -754,6 +754,8 @@ def _evaluate(args: argparse.Namespace) -> None:
     from llmcxr_jax.eval import film_metrics
     from llmcxr_jax.generate import Generator
 
+    # read first: a bad --xrv-weights file fails before the slow loads
+    xrv = film_metrics.load_xrv(args.xrv_weights) if args.xrv_weights else None
     gen = Generator.load(
         args.checkpoint, args.vqgan, tokenizer=args.tokenizer, batch_size=args.batch_size
     )
@@ -784,7 +786,7 @@ def _evaluate(args: argparse.Namespace) -> None:
         uncertain_positive=args.uncertain_positive,
         bootstrap=args.bootstrap,
         probability_score=not args.no_probability_score,
-        xrv_model=film_metrics.load_xrv(args.xrv_weights) if args.xrv_weights else None,
+        xrv_model=xrv,
         diversity_films=args.diversity_films,
     )
     print(Path(args.out, "results.md").read_text())

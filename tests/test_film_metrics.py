@@ -188,3 +188,17 @@ def test_film_figures_with_xrv_weights_and_two_films_per_report(xrv_file):
     md = evaluate._film_lines(res, markdown=True)
     assert "| FID, torchxrayvision DenseNet-121 features (generated vs real) |" in md[4]
     assert "MS-SSIM: 2 scales, weights 0.1356, 0.8644." in md
+
+
+def test_cli_refuses_a_missing_xrv_weights_file_before_loading_anything(tmp_path, capsys):
+    from llmcxr_jax import cli
+
+    missing = tmp_path / "xrv.pt"
+    argv = ["evaluate", "--checkpoint", str(tmp_path / "no-lm"), "--dataset", "cxr_phantoms/64"]
+    argv += ["--out", str(tmp_path / "out"), "--xrv-weights", str(missing)]
+    argv += ["--diversity-films", "4"]
+    with pytest.raises(SystemExit) as e:
+        cli.main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and f"{missing}: no such file" in err and "Traceback" not in err
+    assert "no-lm" not in err  # the weights were read first

@@ -68,13 +68,15 @@ def _filter(x: np.ndarray, win: np.ndarray) -> np.ndarray:
     """Separable 'valid' correlation over H then W of [N, H, W, C] (the window is symmetric, so
     correlation and convolution agree)."""
     k = len(win)
-    for axis in (1, 2):
-        n = x.shape[axis] - k + 1
-        out = 0.0
-        for t in range(k):
-            out = out + win[t] * np.take(x, np.arange(t, t + n), axis=axis)
-        x = out
-    return x
+    n = x.shape[1] - k + 1
+    h = win[0] * x[:, :n]
+    for t in range(1, k):
+        h += win[t] * x[:, t : t + n]
+    n = x.shape[2] - k + 1
+    out = win[0] * h[:, :, :n]
+    for t in range(1, k):
+        out += win[t] * h[:, :, t : t + n]
+    return out
 
 
 def _ssim_cs(
