@@ -51,6 +51,9 @@ EXTRAS = {
         # the reference BLEU/ROUGE-L/CIDEr-D scorers that eval/text_metrics.py is tested against
         # (pinned: the figures must stay those of this exact COCO caption code; no Java needed)
         "pycocoevalcap==1.2",
+        # the reference SSIM / MS-SSIM that eval/film_metrics.py is tested against (pinned, as
+        # the figures must stay this package's; it needs torch, already pinned by "port")
+        "pytorch-msssim==1.0.0",
     ],
     "tfds": ["tensorflow-datasets>=4.9.10,<4.10"],
     "tb": ["tensorboardX>=2.6,<3"],

@@ -755,8 +755,11 @@ def _evaluate(args: argparse.Namespace) -> None:
     from llmcxr_jax import checkpoint, decode
     from llmcxr_jax.data.records import open_records
     from llmcxr_jax.eval import evaluate as evaluation
+    from llmcxr_jax.eval import film_metrics
     from llmcxr_jax.generate import Generator
 
+    # read first: a bad --xrv-weights file fails before the slow loads
+    xrv = film_metrics.load_xrv(args.xrv_weights) if args.xrv_weights else None
     gen = Generator.load(
         args.checkpoint,
         args.vqgan,
@@ -791,6 +794,8 @@ def _evaluate(args: argparse.Namespace) -> None:
         uncertain_positive=args.uncertain_positive,
         bootstrap=args.bootstrap,
         probability_score=not args.no_probability_score,
+        xrv_model=xrv,
+        diversity_films=args.diversity_films,
     )
     print(Path(args.out, "results.md").read_text())
     print(f"evaluate: results.json, results.md, samples.png in {args.out}")
@@ -1023,6 +1028,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-probability-score",
         action="store_true",
         help="skip the deterministic p(yes) CXR-to-report score",
+    )
+    p.add_argument(
+        "--xrv-weights",
+        help="torchxrayvision DenseNet-121 state dict (docs/evaluation.md) for the xrv-feature FID",
+    )
+    p.add_argument(
+        "--diversity-films",
+        type=non_negative_int_arg,
+        default=0,
+        help="with --num-images 1: a second film for this many reports (film diversity)",
     )
     p.add_argument("--batch-size", type=positive_int_arg, default=32)
     p.add_argument("--out", required=True, help="directory for the JSON, Markdown and PNG")

@@ -245,6 +245,7 @@ def test_evaluate_end_to_end_intervals_controls_reconstructions(gen, tmp_path):
     res = evaluate.evaluate(
         gen, records, tmp_path, classifier=clf, num_reports=1, sampler=decode.GREEDY,
         max_report_tokens=48, vqa_questions=1, bootstrap=200, progress=False, seed=3,
+        diversity_films=3,
     )  # fmt: skip
     assert res["settings"]["bootstrap"] == {"resamples": 200, "fid_resamples": 200, "level": 0.95}
     for key in ("cxr_to_report", "cxr_to_report_prob", "report_to_cxr"):
@@ -272,6 +273,18 @@ def test_evaluate_end_to_end_intervals_controls_reconstructions(gen, tmp_path):
     rec = res["reconstruction"]
     assert rec["films"] == 7 and rec["no_pixels"] == 1
     assert _inside(rec["psnr"], rec["psnr_ci95"])
+    assert -1.0 <= rec["ssim"] <= 1.0 and _inside(rec["ssim"], rec["ssim_ci95"])
+    # film metrics: no xrv weights (a skipped row), 32 px films (2 MS-SSIM scales), one film
+    # per report and a second for 3 reports (diversity)
+    films = res["films"]
+    assert films["skipped"] == {"fid_xrv": "no --xrv-weights"} and "fid_xrv" not in films
+    assert films["generated_films"] == 8 and films["ms_ssim_scales"] == 2
+    assert films["ms_ssim_real_count"] == 7  # record 3 holds no pixels
+    assert films["diversity_count"] == 3 and films["diversity_distinct_count"] == 8
+    assert films["diversity_source"] == "a second film (seed 5) for 3 of the reports"
+    assert films["diversity"] == pytest.approx(1.0)  # greedy: the second film is the first
+    for key in ("ms_ssim_real", "ms_ssim_real_mismatched", "diversity", "diversity_distinct"):
+        assert 0.0 <= films[key] <= 1.0 and _inside(films[key], films[f"{key}_ci95"]), key
     for avg in ("micro", "macro"):
         want = rec["reconstructions"]["auroc"][avg] / rec["real_films"]["auroc"][avg]
         assert rec["kept"][avg] == pytest.approx(want)
@@ -292,6 +305,12 @@ def test_evaluate_end_to_end_intervals_controls_reconstructions(gen, tmp_path):
         assert (tmp_path / png).stat().st_size > 0
     md = (tmp_path / "results.md").read_text()
     assert "mismatched inputs (control)" in md and evaluate.PROB_ROW in md
+    assert "### Film metrics" in md and "SSIM (Gaussian window 11" in md
+    assert (
+        "| FID, torchxrayvision DenseNet-121 features (generated vs real) | "
+        "skipped: no --xrv-weights |"
+    ) in md
+    assert "Diversity pairs: a second film (seed 5) for 3 of the reports." in md
     assert "| BLEU-1 | BLEU-2 | BLEU-3 | BLEU-4 | ROUGE-L | CIDEr-D |" in md
     lo, hi = c2r["auroc_ci95"]["micro"]
     assert f"{c2r['auroc']['micro']:.3f} [{lo:.3f}, {hi:.3f}]" in md
@@ -300,4 +319,6 @@ def test_evaluate_end_to_end_intervals_controls_reconstructions(gen, tmp_path):
     assert any("reconstruction PSNR" in ln and "dB" in ln for ln in lines)
     assert any(ln.startswith("clinical information kept") for ln in lines)
     assert any(ln.startswith("FID") and "[" in ln for ln in lines)
+    assert any(ln.startswith("diversity: MS-SSIM") and "[" in ln for ln in lines)
+    assert any(ln.startswith("VQ-GAN reconstruction SSIM") for ln in lines)
     assert any(ln.startswith("report text (greedy") and "CIDEr-D" in ln for ln in lines)

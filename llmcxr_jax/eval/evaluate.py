@@ -45,11 +45,18 @@ How the numbers are formed (the original never said; these are our definitions):
   gives the "real films" row, the ceiling this metric can reach with that classifier. FID is
   computed between the classifier's pooled features of the generated and the real films
   (exact matrix square root by eigendecomposition, `eval/metrics.py`).
+- Film metrics (`films`, `eval/film_metrics.py`, docs/evaluation.md): FID on torchxrayvision
+  DenseNet-121 features (`xrv_model`; none given: a skipped row), MS-SSIM between each
+  generated film and the real film of its report (mean over its k films; items with stored
+  pixels) with its mismatched control, and diversity: the mean MS-SSIM of pairs of films
+  generated from one report (all pairs of its k films; with k = 1, a second film, seed + 2,
+  for `diversity_films` reports), beside the MS-SSIM of first films of distinct reports.
 - VQA: questions synthesised from each test record's labels (`data/vqa.py`), answered
   greedily; accuracy after answer normalisation, overall and per category.
 - VQ-GAN reconstructions (`reconstruction`, with a VQ-GAN and films stored in the records):
   PSNR = 10 log10(2^2 / MSE) on the [-1, 1] scale per film (the channel mean of the real film
-  where the VQ-GAN is grey), averaged over films; and "clinical information kept": the
+  where the VQ-GAN is grey), averaged over films; SSIM per film as pytorch-msssim computes it
+  (`film_metrics.ssim`, data range 2), averaged over films; and "clinical information kept": the
   classifier's AUROC on the reconstructions over its AUROC on the real films (micro, macro).
 
 Intervals: every figure has a seeded 95% percentile-bootstrap interval over test items
@@ -96,7 +103,7 @@ from llmcxr_jax.data import images as image_io
 from llmcxr_jax.data import labeler, reports, vqa
 from llmcxr_jax.data.labels import POSITIVE, UNCERTAIN, paper_labels
 from llmcxr_jax.errors import InputError
-from llmcxr_jax.eval import metrics, text_metrics
+from llmcxr_jax.eval import film_metrics, metrics, text_metrics
 from llmcxr_jax.generate import LLMCXR_SAMPLER, Generator
 
 FID_BOOTSTRAP = 200  # resamples for the FID interval (each costs two eigendecompositions)
@@ -237,13 +244,18 @@ def evaluate(
     bootstrap: int = 1000,
     probability_score: bool = True,
     greedy_reports: bool = True,
+    xrv_model: Any = None,
+    diversity_films: int = 0,
 ) -> dict[str, Any]:
     """Run the evaluations on `records` (a data source with codes); write the outputs.
 
     `bootstrap`: resamples for the 95% intervals (0: none; FID uses at most `FID_BOOTSTRAP`),
     seeded by `seed` like the controls. `probability_score`: also the deterministic
     CXR-to-report score (p(yes) to the presence questions); `greedy_reports`: one extra greedy
-    report per film for the label exact-match rate. See the module docstring.
+    report per film for the label exact-match rate. `xrv_model`: a torchxrayvision DenseNet
+    (`film_metrics.load_xrv`) for the xrv-feature FID; `diversity_films`: with one generated
+    film per report, a second film for that many reports, for the diversity figure. See the
+    module docstring.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -281,6 +293,7 @@ def evaluate(
             "bootstrap": {"resamples": bootstrap, "fid_resamples": fid_num, "level": LEVEL},
             "probability_score": probability_score,
             "greedy_reports": greedy_reports,
+            "diversity_films": diversity_films,
         },
     }
 
@@ -398,6 +411,12 @@ def evaluate(
             psnr = psnr_per_film(real, recon)
             rec["psnr"] = float(psnr.mean())
             rec["psnr_ci95"] = _interval(np.mean, psnr, bootstrap, seed)
+            if min(real.shape[1:3]) >= film_metrics.WIN_SIZE:
+                ssim = film_metrics.batched(film_metrics.ssim, real, recon)
+                rec["ssim"] = float(ssim.mean())
+                rec["ssim_ci95"] = _interval(np.mean, ssim, bootstrap, seed)
+            else:
+                rec["ssim_skipped"] = f"films under the {film_metrics.WIN_SIZE}-px SSIM window"
             k = min(8, len(rec_idx))
             image_io.save_grid(np.concatenate([real[:k], recon[:k]]), out / "recon.png", ncols=k)
         if classifier is not None:
@@ -443,6 +462,11 @@ def evaluate(
                 r2c["fid"] = _fid(feats, real_feats)
                 r2c["fid_ci95"] = _interval(_fid, [feats, real_feats], fid_num, seed)
             r2c["real_films"] = _add_ci(_scored(y, real_probs), y, real_probs, bootstrap, seed)
+            results["films"] = _film_figures(
+                gen, items, ok_i, pixels, real, [stored[i] is not None for i in ok_i],
+                xrv_model=xrv_model, diversity_films=diversity_films, sampler=sampler,
+                seed=seed, bootstrap=bootstrap, fid_num=fid_num, progress=progress,
+            )  # fmt: skip
             np.save(out / "generated_codes.npy", codes)
             k = min(8, len(ok_i))
             grid = np.concatenate(_same_channels(real[:k], pixels[:k, 0]))
@@ -481,6 +505,98 @@ def evaluate(
 def _fid(gen_feats: np.ndarray, real_feats: np.ndarray) -> float:
     """FID between generated [N, k, D] and real [N, D] features (k films per item)."""
     return metrics.fid_from_features(gen_feats.reshape(-1, gen_feats.shape[-1]), real_feats)
+
+
+def _film_figures(
+    gen: Generator,
+    items: list[dict[str, Any]],
+    ok_i: list[int],
+    pixels: np.ndarray,
+    real: np.ndarray,
+    has_pixels: list[bool],
+    *,
+    xrv_model: Any,
+    diversity_films: int,
+    sampler: decode.Sampler,
+    seed: int,
+    bootstrap: int,
+    fid_num: int,
+    progress: bool,
+) -> dict[str, Any]:
+    """The generated films' figures (`films` in results.json; see eval/film_metrics.py and
+    docs/evaluation.md): xrv-feature FID, MS-SSIM to the real film of the same report and its
+    mismatched control, diversity (MS-SSIM of two films of one report) and its distinct-report
+    reference. `pixels` [N, k, H, W, C], `real` [N, H, W, C] for the items `ok_i`; a figure
+    that cannot be formed is named in `skipped` with the reason."""
+    n, k = pixels.shape[:2]
+    g, r = _same_channels(pixels, real)
+    res: dict[str, Any] = {"generated_films": n * k, "skipped": {}}
+    skip = res["skipped"]
+    if xrv_model is None:
+        skip["fid_xrv"] = "no --xrv-weights"
+    elif n < 2:
+        skip["fid_xrv"] = "fewer than 2 reports with generated films"
+    else:
+        gf = film_metrics.xrv_features(xrv_model, pixels.reshape(n * k, *pixels.shape[2:]))
+        rf = film_metrics.xrv_features(xrv_model, real)
+        gf = gf.reshape(n, k, -1)
+        res["fid_xrv"] = _fid(gf, rf)
+        res["fid_xrv_ci95"] = _interval(_fid, [gf, rf], fid_num, seed)
+    m = film_metrics.ms_ssim_scales(*g.shape[2:4])
+    if not m:
+        why = (
+            f"films of {g.shape[2]}x{g.shape[3]} px are under the {film_metrics.WIN_SIZE}-px window"
+        )
+        skip.update(ms_ssim_real=why, diversity=why)
+        return res
+    res["ms_ssim_scales"] = m
+    res["ms_ssim_weights"] = list(film_metrics.ms_ssim_weights(m))
+
+    def ms(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return film_metrics.batched(film_metrics.ms_ssim, a, b)
+
+    def put(key: str, values: np.ndarray) -> None:
+        res[key] = float(values.mean())
+        res[f"{key}_ci95"] = _interval(np.mean, values, bootstrap, seed)
+        res[f"{key}_count"] = len(values)
+
+    px = [j for j in range(n) if has_pixels[j]]
+    if px:
+        # per report: the mean over its k films of MS-SSIM to the report's real film
+        to_real = np.mean([ms(g[px, t], r[px]) for t in range(k)], axis=0)
+        put("ms_ssim_real", to_real)
+        if len(px) >= 2:
+            d = np.asarray(px)[metrics.derangement(len(px), seed)]
+            put("ms_ssim_real_mismatched", np.mean([ms(g[d, t], r[px]) for t in range(k)], 0))
+    else:
+        skip["ms_ssim_real"] = "no stored real films"
+    if n >= 2:  # the reference for diversity: first films of two distinct reports
+        put("diversity_distinct", ms(g[:, 0], g[metrics.derangement(n, seed), 0]))
+    if k >= 2:
+        put("diversity", film_metrics.pairwise_ms_ssim(g))
+        res["diversity_source"] = f"all pairs of the {k} films of each report"
+    elif diversity_films:
+        sub = list(range(min(int(diversity_films), n)))
+        second = gen.images(
+            [items[ok_i[j]]["text"] for j in sub],
+            sampler=sampler,
+            seed=seed + 2,
+            names=[items[ok_i[j]]["id"] for j in sub],
+            progress=progress,
+        )
+        if second.ok:
+            two = gen.decode(np.stack([second.values[t] for t in second.ok]))
+            first = pixels[[sub[t] for t in second.ok], 0]
+            a, b = _same_channels(first, two)
+            put("diversity", ms(a, b))
+            res["diversity_source"] = (
+                f"a second film (seed {seed + 2}) for {len(second.ok)} of the reports"
+            )
+        else:
+            skip["diversity"] = "no second film could be generated"
+    else:
+        skip["diversity"] = "one film per report (--num-images 2 or --diversity-films N)"
+    return res
 
 
 def _kept(y: np.ndarray, real: np.ndarray, recon: np.ndarray, num: int, seed: int) -> dict:
@@ -635,6 +751,7 @@ def markdown(results: dict[str, Any], title: str = "ours") -> str:
                 f"(LLM-CXR published on MIMIC-CXR: {metrics.PAPER_FID['LLM-CXR']})",
                 "",
             ]
+    lines += _film_lines(results.get("films"), markdown=True)
     rec = results.get("reconstruction") or {}
     if "psnr" in rec:
         lines += [
@@ -643,6 +760,10 @@ def markdown(results: dict[str, Any], title: str = "ours") -> str:
             f"PSNR: {fmt(rec['psnr'], rec.get('psnr_ci95'), '{:.2f}')} dB",
             "",
         ]
+        if "ssim" in rec or "ssim_skipped" in rec:
+            ssim = rec.get("ssim_skipped") and f"skipped: {rec['ssim_skipped']}"
+            ssim = ssim or f"{fmt(rec['ssim'], rec.get('ssim_ci95'), '{:.4f}')}"
+            lines += [f"SSIM (Gaussian window 11, sigma 1.5, as pytorch-msssim): {ssim}", ""]
         if "kept" in rec:
             lines += ["| Films | AUROC micro | AUROC macro |", "|---|---:|---:|"]
             for name, key in (("real", "real_films"), ("reconstructed", "reconstructions")):
@@ -703,6 +824,43 @@ def _text_lines(text: dict[str, Any] | None, markdown: bool = False) -> list[str
     ]
 
 
+FILM_ROWS = (
+    ("fid_xrv", "FID, torchxrayvision DenseNet-121 features (generated vs real)"),
+    ("ms_ssim_real", "MS-SSIM, generated vs the real film of the same report"),
+    ("ms_ssim_real_mismatched", f"MS-SSIM, generated vs real, {MISMATCHED}"),
+    ("diversity", "diversity: MS-SSIM between films of the same report (lower: more diverse)"),
+    ("diversity_distinct", "MS-SSIM between films of distinct reports (reference)"),
+)
+
+
+def _film_lines(films: dict[str, Any] | None, markdown: bool = False) -> list[str]:
+    """The generated films' figures: a table with a row per figure, skipped ones with their
+    reason (Markdown), or one line per figure."""
+    if not films:
+        return []
+    rows = []
+    for key, name in FILM_ROWS:
+        if key in films:
+            form = "{:.2f}" if key == "fid_xrv" else "{:.4f}"
+            value = metrics.fmt_ci(films[key], films.get(f"{key}_ci95"), form)
+        elif key in films.get("skipped", {}):
+            value = f"skipped: {films['skipped'][key]}"
+        else:
+            continue
+        rows.append((name, value))
+    if not markdown:
+        return [f"{name}: {value}" for name, value in rows]
+    out = ["### Film metrics", "", "| Figure | Value [95% interval] |", "|---|---|"]
+    out += [f"| {name} | {value} |" for name, value in rows]
+    out.append("")
+    if "ms_ssim_scales" in films:
+        w = ", ".join(f"{x:.4f}" for x in films["ms_ssim_weights"])
+        out += [f"MS-SSIM: {films['ms_ssim_scales']} scales, weights {w}.", ""]
+    if "diversity_source" in films:
+        out += [f"Diversity pairs: {films['diversity_source']}.", ""]
+    return out
+
+
 def summary_lines(results: dict[str, Any]) -> list[str]:
     """The figures as plain-text lines, each with its 95% interval: both CXR-to-report scores,
     report-to-CXR (with the real-films ceiling), their mismatched-input controls, FID, VQA and
@@ -744,6 +902,7 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
         lines.append(f"  classifier on the real films (ceiling): AUROC {_averages(real, 'auroc')}")
     if "fid" in r2c:
         lines.append(f"FID (classifier features): {fmt(r2c['fid'], r2c.get('fid_ci95'))}")
+    lines += _film_lines(results.get("films"))
     v = results.get("vqa")
     if v:
         lines.append(
@@ -754,6 +913,10 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
         lines.append(
             f"VQ-GAN reconstruction PSNR: {fmt(rec['psnr'], rec.get('psnr_ci95'), '{:.2f}')} dB "
             f"over {rec['films']} films"
+        )
+    if "ssim" in rec:
+        lines.append(
+            f"VQ-GAN reconstruction SSIM: {fmt(rec['ssim'], rec.get('ssim_ci95'), '{:.4f}')}"
         )
     if "kept" in rec:
         ci = rec.get("kept_ci95", {})
