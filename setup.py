@@ -51,6 +51,10 @@ EXTRAS = {
         # the reference BLEU/ROUGE-L/CIDEr-D scorers that eval/text_metrics.py is tested against
         # (pinned: the figures must stay those of this exact COCO caption code; no Java needed)
         "pycocoevalcap==1.2",
+        # the references eval/report_models.py is tested against: BERTScore's scorer and
+        # RadGraph's F1 arithmetic (rewards.py); pinned, neither pulls another torch
+        "bert-score==0.3.13",
+        "radgraph==0.1.18",
     ],
     "tfds": ["tensorflow-datasets>=4.9.10,<4.10"],
     "tb": ["tensorboardX>=2.6,<3"],

@@ -8,6 +8,7 @@ vocabulary written here, so everything runs in seconds and nothing is downloaded
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ transformers = pytest.importorskip("transformers")
 from llmcxr_jax.errors import InputError  # noqa: E402
 from llmcxr_jax.eval import report_models as rm  # noqa: E402
 
-WORDS = (
+WORDS = (  # noqa: SIM905 - a word list reads better as one string
     "no acute cardiopulmonary process pleural effusion edema mild moderate cardiomegaly heart "
     "size is normal the there lungs are clear small left right atelectasis consolidation "
     "possible basal of and with . , ##s ##al"
@@ -394,3 +395,97 @@ def test_score_reports_intervals_and_per_item(chexbert_file, tok_dir, bert_dir):
     md = "\n".join(rm.markdown_lines(res))
     assert "F1-CheXbert micro (14 observations)" in md and "BERTScore f1 (layer 2)" in md
     assert "| RadGraph F1 | skipped:" in md and "uncertain labels counted as positive" in md
+
+
+class StubGenerator:
+    """Just enough of `Generator` for `evaluate` without films, VQA or p(yes): each film's
+    report (sampled or greedy) is a fixed text."""
+
+    vqgan = None
+
+    def __init__(self, texts):
+        self.texts = texts
+
+    def check_codes(self, codes):
+        return codes
+
+    def reports(self, codes, **kwargs):
+        from llmcxr_jax.generate import Results
+
+        return Results(values=list(self.texts[: len(codes)]))
+
+
+def _eval_records(texts):
+    return [
+        {"id": f"r{i}", "findings": "", "impression": t, "codes": np.zeros(4, np.int32)}
+        for i, t in enumerate(texts)
+    ]
+
+
+def test_evaluate_writes_report_metrics_and_skipped_rows(chexbert_file, tok_dir, tmp_path):
+    import json
+
+    from llmcxr_jax.eval import evaluate
+
+    refs = [r for r in REPORTS if r] * 2
+    gens = (GENERATED[:4] + ["Mild edema."]) * 2
+    gens = gens[: len(refs)]
+    records = _eval_records(refs)
+    kw = dict(num_reports=1, vqa_questions=0, probability_score=False, progress=False)
+    # nothing given: every metric is a "skipped" row, and torch-free
+    res = evaluate.evaluate(StubGenerator(gens), records, tmp_path / "a", bootstrap=20, **kw)
+    assert res["report_models"]["chexbert"]["skipped"].startswith("no CheXbert weights")
+    md = (tmp_path / "a" / "results.md").read_text()
+    assert "| BERTScore | skipped: no BERTScore model directory given" in md
+    assert any("skipped: chexbert, radgraph, bertscore" in x for x in evaluate.summary_lines(res))
+    scorers = rm.load_report_models(chexbert=str(chexbert_file[0]), bert_tokenizer=str(tok_dir))
+    res = evaluate.evaluate(
+        StubGenerator(gens), records, tmp_path / "b", bootstrap=20, report_scorers=scorers, **kw
+    )
+    c = res["report_models"]["chexbert"]
+    assert res["report_models"]["source"] == "greedy" and c["count"] == len(refs)
+    direct = rm.chexbert_scores(
+        scorers.chexbert, gens, [evaluate._record_text(r, 2) for r in records]
+    )
+    assert c["micro_f1_14"] == pytest.approx(direct.corpus["micro_f1_14"])
+    assert len(c["micro_f1_14_ci95"]) == 2
+    on_disk = json.loads((tmp_path / "b" / "results.json").read_text())
+    assert on_disk["report_models"]["chexbert"]["micro_f1_14"] == c["micro_f1_14"]
+    rows = [json.loads(x) for x in (tmp_path / "b" / "reports.jsonl").read_text().splitlines()]
+    assert len(rows[0]["model_scores"]["chexbert_generated"]) == 14
+    md = (tmp_path / "b" / "results.md").read_text()
+    assert "F1-CheXbert micro (5 observations)" in md and "| RadGraph F1 | skipped:" in md
+
+
+def test_cli_bad_weights_file_is_one_line_before_anything_loads(tok_dir, tmp_path, capsys):
+    from llmcxr_jax import cli
+
+    junk = tmp_path / "chexbert.pth"
+    junk.write_bytes(b"\x00garbage")
+    argv = ["evaluate", "--checkpoint", str(tmp_path / "no-checkpoint"), "--dataset", "x"]
+    argv += ["--out", str(tmp_path / "out"), "--chexbert", str(junk)]
+    with pytest.raises(SystemExit) as e:
+        cli.main([*argv, "--bert-tokenizer", str(tok_dir)])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("llmcxr-jax evaluate: error: ")
+    assert f"{junk}: not a readable torch checkpoint" in err[0]
+    with pytest.raises(SystemExit):
+        cli.main(argv)  # --chexbert without its tokenizer
+    assert "--chexbert needs --bert-tokenizer" in capsys.readouterr().err
+
+
+def test_evaluate_without_report_weights_imports_no_torch():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from llmcxr_jax.eval import evaluate, report_models as rm; "
+        "rm.score_reports(rm.load_report_models(), ['a'], ['b']); "
+        "print('torch' in sys.modules, 'transformers' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    )  # fmt: skip
+    assert out.stdout.split() == ["False", "False"]

@@ -96,7 +96,7 @@ from llmcxr_jax.data import images as image_io
 from llmcxr_jax.data import labeler, reports, vqa
 from llmcxr_jax.data.labels import POSITIVE, UNCERTAIN, paper_labels
 from llmcxr_jax.errors import InputError
-from llmcxr_jax.eval import metrics, text_metrics
+from llmcxr_jax.eval import metrics, report_models, text_metrics
 from llmcxr_jax.generate import LLMCXR_SAMPLER, Generator
 
 FID_BOOTSTRAP = 200  # resamples for the FID interval (each costs two eigendecompositions)
@@ -237,13 +237,16 @@ def evaluate(
     bootstrap: int = 1000,
     probability_score: bool = True,
     greedy_reports: bool = True,
+    report_scorers: report_models.ReportModels | None = None,
 ) -> dict[str, Any]:
     """Run the evaluations on `records` (a data source with codes); write the outputs.
 
     `bootstrap`: resamples for the 95% intervals (0: none; FID uses at most `FID_BOOTSTRAP`),
     seeded by `seed` like the controls. `probability_score`: also the deterministic
     CXR-to-report score (p(yes) to the presence questions); `greedy_reports`: one extra greedy
-    report per film for the label exact-match rate. See the module docstring.
+    report per film for the label exact-match rate. `report_scorers`: the model-based report
+    metrics (`report_models.load_report_models`; None: all listed as skipped). See the module
+    docstring.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -342,6 +345,16 @@ def evaluate(
         }
         for j, i in enumerate(text_idx):
             per_item_text[i] = {k: v[j] for k, v in scored_text.per_item.items()}
+    # report metrics from local weights (CheXbert, RadGraph, BERTScore) on the same texts
+    scorers = report_scorers or report_models.load_report_models()
+    per_item_model: dict[int, dict[str, Any]] = {}
+    if text_idx:
+        refs = [items[i]["text"] for i in text_idx]
+        got_rm, per_rm = report_models.score_reports(
+            scorers, text_gen, refs, bootstrap=bootstrap, seed=seed, level=LEVEL
+        )
+        results["report_models"] = {**got_rm, "source": source}
+        per_item_model = {i: per_rm[j] for j, i in enumerate(text_idx) if per_rm[j]}
     with open(out / "reports.jsonl", "w", encoding="utf-8") as f:
         for j, i in enumerate(ok):
             row = {
@@ -350,6 +363,7 @@ def evaluate(
                 "generated": per_image[j],
                 "greedy": greedy[i],
                 "text_scores": per_item_text.get(i),
+                "model_scores": per_item_model.get(i),
             }
             f.write(json.dumps(row) + "\n")
 
@@ -613,6 +627,7 @@ def markdown(results: dict[str, Any], title: str = "ours") -> str:
                 "",
             ]
     lines += _text_lines(results.get("report_text"), markdown=True)
+    lines += report_models.markdown_lines(results.get("report_models"))
     r2c = results.get("report_to_cxr") or {}
     if "auroc" in r2c:
         rows = _rows(
@@ -736,6 +751,7 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
         em = fmt(c2r["greedy_exact_match"], c2r.get("greedy_exact_match_ci95"))
         lines.append(f"greedy reports, all six labels right: {em} ({c2r['greedy_count']} films)")
     lines += _text_lines(results.get("report_text"))
+    lines += report_models.summary_line(results.get("report_models"))
     r2c = results.get("report_to_cxr") or {}
     kimg = settings.get("num_images", "k")
     scored(f"report-to-CXR ({kimg} generated films each)", r2c, "mismatched reports")

@@ -359,7 +359,9 @@ def radgraph_scores(
     anns = annotate([generated[i] for i in keep] + [references[i] for i in keep]) if keep else []
     per = {lvl: [0.0] * len(generated) for lvl in RADGRAPH_LEVELS}
     for j, i in enumerate(keep):
-        for lvl, v in zip(RADGRAPH_LEVELS, radgraph_rewards(anns[j], anns[j + len(keep)])):
+        for lvl, v in zip(
+            RADGRAPH_LEVELS, radgraph_rewards(anns[j], anns[j + len(keep)]), strict=True
+        ):
             per[lvl][i] = v
     corpus = {lvl: float(np.mean(v)) if v else 0.0 for lvl, v in per.items()}
     return Scored(per, corpus)
@@ -544,6 +546,7 @@ class ReportModels:
     radgraph: Callable[[list[str]], list[dict[str, Any]]] | None = None
     bertscore: BertScorer | None = None
     skipped: dict[str, str] = field(default_factory=dict)
+    uncertain_positive: bool = True  # CheXbert's uncertain counted as positive (f1chexbert)
 
     @property
     def any(self) -> bool:
@@ -557,10 +560,11 @@ def load_report_models(
     bertscore_model: str | None = None,
     bertscore_layer: int | None = None,
     bertscore_baseline: str | None = None,
+    chexbert_uncertain_positive: bool = True,
 ) -> ReportModels:
     """Load the scorers given (paths), recording a reason for each one skipped. A missing
     optional package skips its metric; a given file that cannot be used raises InputError."""
-    got = ReportModels()
+    got = ReportModels(uncertain_positive=chexbert_uncertain_positive)
     if chexbert is None:
         got.skipped["chexbert"] = "no CheXbert weights given (--chexbert)"
     elif bert_tokenizer is None:
@@ -602,11 +606,13 @@ def score_reports(
     bootstrap: int = 1000,
     seed: int = 0,
     level: float = 0.95,
-    uncertain_positive: bool = True,
+    uncertain_positive: bool | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """All loaded metrics over the pairs: (results with `<figure>_ci95` percentile-bootstrap
     intervals over items, as `evaluate` forms them, and `{"skipped": why}` for the others;
-    per-item scores, one dict per pair)."""
+    per-item scores, one dict per pair). `uncertain_positive`: default `models`'s."""
+    if uncertain_positive is None:
+        uncertain_positive = models.uncertain_positive
     res: dict[str, Any] = {name: {"skipped": why} for name, why in models.skipped.items()}
     per: list[dict[str, Any]] = [{} for _ in generated]
     if models.chexbert is not None:
@@ -642,7 +648,8 @@ def markdown_lines(res: dict[str, Any] | None) -> list[str]:
     """The "Report metrics from local weights" section of results.md."""
     if not res:
         return []
-    lines = ["## Report metrics from local weights", "", "| metric | value |", "|---|---|"]
+    what = f" ({res['source']} reports against the references)" if res.get("source") else ""
+    lines = [f"Report metrics from local weights{what}:", "", "| Metric | Value |", "|---|---:|"]
 
     def row(label: str, r: dict[str, Any], key: str) -> None:
         lines.append(f"| {label} | {metrics.fmt_ci(r.get(key), r.get(key + '_ci95'))} |")
@@ -670,4 +677,25 @@ def markdown_lines(res: dict[str, Any] | None) -> list[str]:
     if "chexbert" in res and "skipped" not in res["chexbert"]:
         how = "positive" if res["chexbert"].get("uncertain_positive") else "negative"
         lines += ["", f"CheXbert: uncertain labels counted as {how}."]
-    return lines
+    return [*lines, ""]
+
+
+def summary_line(res: dict[str, Any] | None) -> list[str]:
+    """The model-based report metrics as one plain-text line (none when nothing ran)."""
+    if not res:
+        return []
+    parts = []
+    c, g, b = (res.get(k) or {} for k in ("chexbert", "radgraph", "bertscore"))
+    if "micro_f1_14" in c:
+        parts.append(
+            f"F1-CheXbert micro-14 {metrics.fmt_ci(c['micro_f1_14'], c.get('micro_f1_14_ci95'))}"
+            f", micro-5 {metrics.fmt_ci(c['micro_f1_5'], c.get('micro_f1_5_ci95'))}"
+        )
+    if "partial" in g:
+        parts.append(f"RadGraph F1 partial {metrics.fmt_ci(g['partial'], g.get('partial_ci95'))}")
+    if "f1" in b:
+        parts.append(f"BERTScore F1 {metrics.fmt_ci(b['f1'], b.get('f1_ci95'))}")
+    skipped = [k for k in ("chexbert", "radgraph", "bertscore") if "skipped" in (res.get(k) or {})]
+    if skipped:
+        parts.append("skipped: " + ", ".join(skipped))
+    return ["report metrics from local weights: " + "; ".join(parts)]
