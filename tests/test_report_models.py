@@ -291,6 +291,23 @@ def test_radgraph_bad_directory(tmp_path):
     (d / "config.json").write_text("{}")
     with pytest.raises(InputError, match=r"radgraph: not an extracted RadGraph model"):
         rm.load_radgraph(d)
+    (d / "weights.th").write_bytes(b"")
+    (d / "vocabulary").mkdir()
+    odd = tmp_path / "my-model"
+    odd.mkdir()
+    for n in ("config.json", "weights.th"):
+        (odd / n).write_text("{}")
+    (odd / "vocabulary").mkdir()
+    with pytest.raises(InputError, match="named after its model type"):
+        rm.load_radgraph(odd)
+    if importlib.util.find_spec("radgraph") is None:
+        return
+    import huggingface_hub.constants as hub
+
+    offline, env = hub.HF_HUB_OFFLINE, os.environ.get("HF_HUB_OFFLINE")
+    with pytest.raises(InputError, match=r"radgraph: the radgraph package cannot load it \("):
+        rm.load_radgraph(d)  # the package's own failure on a bad config, as one line
+    assert offline is hub.HF_HUB_OFFLINE and os.environ.get("HF_HUB_OFFLINE") == env  # restored
 
 
 # --- BERTScore -------------------------------------------------------------------------------

@@ -388,13 +388,19 @@ def load_radgraph(model_dir: str | os.PathLike) -> Callable[[list[str]], list[di
         from radgraph import RadGraph
     except ImportError as e:
         raise ImportError(f"the radgraph package is not installed ({e})") from e
+    import huggingface_hub.constants as hub
+
+    # the hub offline while the package loads: its BERT comes from a path or the local cache
+    # (the constant is what huggingface_hub reads once imported; the variables for the rest)
     saved = {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
     os.environ.update({k: "1" for k in saved})
+    was_offline, hub.HF_HUB_OFFLINE = hub.HF_HUB_OFFLINE, True
     try:
         rg = RadGraph(model_type=d.name.lower(), model_cache_dir=str(d.parent), cuda=-1)
     except Exception as e:  # noqa: BLE001
         raise InputError(f"{d}: the radgraph package cannot load it ({_one_line(e)})") from e
     finally:
+        hub.HF_HUB_OFFLINE = was_offline
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
