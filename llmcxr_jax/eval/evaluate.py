@@ -39,6 +39,9 @@ How the numbers are formed (the original never said; these are our definitions):
   pycocoevalcap computes them (`eval/text_metrics.py`; CIDEr-D's document frequencies come
   from this split's references); per-film scores in `reports.jsonl` (`text_scores`). No
   interval: CIDEr-D's IDF and corpus BLEU's counts are not per-item sums to resample.
+- Report metrics from local weights (`report_models`): F1-CheXbert, RadGraph F1 and
+  BERTScore of the same texts, each with intervals, or a "skipped: why" row where its weights
+  were not given (`eval/report_models.py`, docs/evaluation.md).
 - Report-to-CXR: for each test report, `k` films are generated (exactly h*w codes each) and
   decoded by the VQ-GAN; the CXR classifier's sigmoid outputs, averaged over the k films, are
   the AUROC scores; F1 prediction = score >= 0.5. The same classifier on the real test films

@@ -5,17 +5,17 @@ metric it was not given (or whose optional package is not installed), why it is 
 given file that cannot be used raises `InputError` naming it. torch and transformers are
 imported inside the functions, so an evaluation without these weights never imports torch.
 
-- CheXbert labels and F1-CheXbert, as the `f1chexbert` package (0.0.2, the scorer of
-  CheXagent, MAIRA-2, RadEval, ViLMedic) computes them. The labeler is CheXbert's
-  (stanfordmlgroup/CheXbert, `bert_labeler`): a BERT encoder (bert-base-uncased), dropout
-  and 14 linear heads on the [CLS] hidden state, 13 with 4 classes (0 blank, 1 positive,
-  2 negative, 3 uncertain) and "No Finding" with 2 (0 blank, 1 positive); the weights are
-  `chexbert.pth`, a dict whose 'model_state_dict' keys start with 'module.' (DataParallel).
+- CheXbert labels and F1-CheXbert, as the `f1chexbert` package (0.0.2) computes them.
+  The labeler is CheXbert's (stanfordmlgroup/CheXbert, `bert_labeler`): a BERT encoder
+  (bert-base-uncased), dropout and 14 linear heads on the [CLS] hidden state, 13 with 4
+  classes (0 blank, 1 positive, 2 negative, 3 uncertain) and "No Finding" with 2 (0 blank,
+  1 positive); the weights are `chexbert.pth`, a dict whose 'model_state_dict' keys start
+  with 'module.' (DataParallel).
   A report is stripped, its whitespace runs collapsed to one space, WordPiece-tokenised and
   framed by [CLS] ... [SEP] (cut to 512 ids, the last one [SEP]; an empty report is
   [CLS] [SEP]); each head's argmax is the class. For F1, f1chexbert's "rrg" mode maps
   positive AND uncertain to 1 and blank/negative to 0 (`uncertain_positive=True`, our
-  default, so the figures are comparable with the papers that use that package);
+  default, so the figures are comparable with those computed with that package);
   `uncertain_positive=False` counts uncertain as negative instead. F1 as sklearn's
   `classification_report` on the 0/1 matrices, generated against reference labels: micro
   (pooled TP/FP/FN) and macro (mean of the per-class F1, a class with no true and no
