@@ -51,8 +51,10 @@ EXTRAS = {
         # the reference BLEU/ROUGE-L/CIDEr-D scorers that eval/text_metrics.py is tested against
         # (pinned: the figures must stay those of this exact COCO caption code; no Java needed)
         "pycocoevalcap==1.2",
-        # the references eval/report_models.py is tested against: BERTScore's scorer and
-        # RadGraph's F1 arithmetic (rewards.py); pinned, neither pulls another torch
+        # the references eval/report_models.py is tested against: f1chexbert's labeler,
+        # BERTScore's scorer and RadGraph's F1 arithmetic (rewards.py); pinned, and none of
+        # them pulls another torch
+        "f1chexbert==0.0.2",
         "bert-score==0.3.13",
         "radgraph==0.1.18",
     ],

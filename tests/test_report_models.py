@@ -506,3 +506,82 @@ def test_evaluate_without_report_weights_imports_no_torch():
         env={**os.environ, "JAX_PLATFORMS": "cpu"},
     )  # fmt: skip
     assert out.stdout.split() == ["False", "False"]
+
+
+class _V4Tokenizer:
+    """The tokenizer with transformers 4's `encode_plus` of a token list, which f1chexbert
+    0.0.2 calls and transformers 5 removed: ids of the tokens framed by [CLS] ... [SEP]."""
+
+    def __init__(self, tok):
+        self.tok = tok
+
+    def __getattr__(self, name):
+        return getattr(self.tok, name)
+
+    def encode_plus(self, tokens):
+        ids = self.tok.convert_tokens_to_ids(tokens)
+        return {"input_ids": [self.tok.cls_token_id, *ids, self.tok.sep_token_id]}
+
+
+def test_f1_chexbert_equals_the_f1chexbert_package(chexbert_file, tok_dir, bert_dir, tmp_path):
+    import copy
+
+    pkg = pytest.importorskip("f1chexbert.f1chexbert")
+    hyps = [g or "no acute process" for g in GENERATED] * 3
+    refs = [r or "mild edema" for r in REPORTS] + GENERATED[:4] + ["pleural effusion"] + REPORTS
+    refs = [r or "possible consolidation" for r in refs]
+    # the heads centred on these texts' mean [CLS] state (bias = -W mean), so that the labels
+    # of a random encoder vary from text to text
+    model = copy.deepcopy(chexbert_file[1])
+    tok = transformers.BertTokenizer.from_pretrained(str(tok_dir))
+    with torch.no_grad():
+        states = [
+            model.bert(torch.tensor([tok(" ".join(t.split()))["input_ids"]]))[0][0, 0]
+            for t in hyps + refs
+        ]
+        mean = torch.stack(states).mean(0)
+        for head in model.linear_heads:
+            head.bias.copy_(-head.weight @ mean)
+    path = tmp_path / "chexbert.pth"
+    torch.save(
+        {"model_state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}, path
+    )
+    # f1chexbert's own scorer, put together without its download: its bert_labeler over the
+    # tiny BERT directory, then the same chexbert.pth loaded as F1CheXbert.__init__ loads it
+    labeler = pkg.bert_labeler(pretrain_path=str(bert_dir))
+    state = torch.load(path, map_location="cpu")["model_state_dict"]
+    labeler.load_state_dict({k.replace("module.", ""): v for k, v in state.items()}, strict=False)
+    scorer = pkg.F1CheXbert.__new__(pkg.F1CheXbert)
+    torch.nn.Module.__init__(scorer)
+    names5 = ["Cardiomegaly", "Edema", "Consolidation", "Atelectasis", "Pleural Effusion"]
+    names14 = list(rm.CHEXBERT_CLASSES)
+    scorer.__dict__.update(
+        refs_filename=None,
+        hyps_filename=None,
+        device=torch.device("cpu"),
+        tokenizer=_V4Tokenizer(transformers.BertTokenizer.from_pretrained(str(tok_dir))),
+        target_names=names14,
+        target_names_5=names5,
+        target_names_5_index=np.where(np.isin(rm.CHEXBERT_CLASSES, names5))[0],
+    )
+    scorer.model = labeler.eval()
+    # F1CheXbert.forward's report step (its accuracy step calls a private sklearn function
+    # whose signature sklearn 1.9 changed): classification_report of its get_label rows
+    from sklearn.metrics import classification_report
+
+    hyp_lab = [scorer.get_label(t) for t in hyps]
+    ref_lab = [scorer.get_label(t) for t in refs]
+    idx = scorer.target_names_5_index
+    cr = classification_report(ref_lab, hyp_lab, target_names=names14, output_dict=True)
+    cr5 = classification_report(
+        np.array(ref_lab)[:, idx], np.array(hyp_lab)[:, idx], target_names=names5, output_dict=True
+    )
+    ours_labeler = rm.load_chexbert(path, tok_dir)
+    np.testing.assert_array_equal(rm.chexbert_binary(ours_labeler.labels(hyps)), hyp_lab)
+    np.testing.assert_array_equal(rm.chexbert_binary(ours_labeler.labels(refs)), ref_lab)
+    ours = rm.chexbert_scores(ours_labeler, hyps, refs).corpus
+    assert 0 < ours["micro_f1_14"] < 1  # not a degenerate case
+    assert ours["micro_f1_14"] == pytest.approx(cr["micro avg"]["f1-score"])
+    assert ours["macro_f1_14"] == pytest.approx(cr["macro avg"]["f1-score"])
+    assert ours["micro_f1_5"] == pytest.approx(cr5["micro avg"]["f1-score"])
+    assert ours["macro_f1_5"] == pytest.approx(cr5["macro avg"]["f1-score"])
