@@ -115,7 +115,8 @@ def test_chexbert_loads_the_dataparallel_checkpoint_and_labels_like_f1chexbert(
     assert (got[0] == got[-1]).all()  # whitespace runs collapse
     assert labeler.encode("") == [2, 3]
     long = labeler.encode("edema " * 600)
-    assert len(long) == 512 and long[0] == 2 and long[-1] == 3
+    assert len(long) == 64 and long[0] == 2 and long[-1] == 3  # the tiny BERT's 64 positions
+    assert labeler.labels(["edema " * 600]).shape == (1, 14)
 
 
 def test_chexbert_config_read_off_the_weights_without_config_json(chexbert_file, tmp_path):
@@ -360,6 +361,7 @@ def test_bertscore_empty_texts_layers_and_baseline(bert_dir, tmp_path):
     scorer = rm.load_bertscore(bert_dir)
     assert scorer.num_layers == 2  # an unknown model: the last layer
     s = rm.bertscore(scorer, ["mild edema", "", "mild edema"], ["mild edema", "edema", ""])
+    assert len(scorer.encode("edema " * 100)) == 64  # cut at model_max_length
     assert s.per_item["f1"][0] == pytest.approx(1.0)
     assert s.per_item["f1"][1:] == [0.0, 0.0]
     base = tmp_path / "base.tsv"

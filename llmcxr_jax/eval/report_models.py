@@ -182,7 +182,9 @@ class CheXbert:
         if not pieces:
             return [tok.cls_token_id, tok.sep_token_id]
         ids = [tok.cls_token_id, *tok.convert_tokens_to_ids(pieces), tok.sep_token_id]
-        return ids[: MAX_IDS - 1] + [tok.sep_token_id] if len(ids) > MAX_IDS else ids
+        # 512 as f1chexbert (fewer where the encoder has fewer positions)
+        limit = min(MAX_IDS, int(self.model.bert.config.max_position_embeddings))
+        return ids[: limit - 1] + [tok.sep_token_id] if len(ids) > limit else ids
 
     def labels(self, texts: Sequence[str], batch_size: int = 16) -> np.ndarray:
         """[N, 14] CheXbert classes (0 blank, 1 positive, 2 negative, 3 uncertain; No Finding
@@ -431,7 +433,9 @@ class BertScorer:
         """bert-score's `sent_encode`: special tokens added, truncated at model_max_length."""
         tok = self.tokenizer
         text = text.strip()  # an empty text: the special tokens alone
-        limit = min(int(tok.model_max_length), 10**6)
+        limit = int(tok.model_max_length)
+        if limit > 10**6:  # no limit saved with the tokenizer: the encoder's positions
+            limit = int(getattr(self.model.config, "max_position_embeddings", 512))
         return tok.encode(text, add_special_tokens=True, max_length=limit, truncation=True)
 
     def embed(self, texts: Sequence[str], batch_size: int = 32) -> list[tuple[Any, Any]]:
