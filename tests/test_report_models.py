@@ -412,7 +412,7 @@ def test_score_reports_intervals_and_per_item(chexbert_file, tok_dir, bert_dir):
     again, _ = rm.score_reports(got, GENERATED, REPORTS, bootstrap=50, seed=1)
     assert again["chexbert"]["micro_f1_14_ci95"] == c["micro_f1_14_ci95"]  # seeded
     md = "\n".join(rm.markdown_lines(res))
-    assert "F1-CheXbert micro (14 observations)" in md and "BERTScore f1 (layer 2)" in md
+    assert "F1-CheXbert micro (14 observations)" in md and "BERTScore F1 (layer 2)" in md
     assert "| RadGraph F1 | skipped:" in md and "uncertain labels counted as positive" in md
 
 

@@ -682,8 +682,8 @@ def markdown_lines(res: dict[str, Any] | None) -> list[str]:
             for key in RADGRAPH_LEVELS:
                 row(f"{title} {key}", r, key)
         else:
-            for key in ("precision", "recall", "f1"):
-                row(f"{title} {key} (layer {r.get('layer')})", r, key)
+            for key, label in (("precision", "precision"), ("recall", "recall"), ("f1", "F1")):
+                row(f"{title} {label} (layer {r.get('layer')})", r, key)
     if "chexbert" in res and "skipped" not in res["chexbert"]:
         how = "positive" if res["chexbert"].get("uncertain_positive") else "negative"
         lines += ["", f"CheXbert: uncertain labels counted as {how}."]
