@@ -54,6 +54,12 @@ EXTRAS = {
         # the reference SSIM / MS-SSIM that eval/film_metrics.py is tested against (pinned, as
         # the figures must stay this package's; it needs torch, already pinned by "port")
         "pytorch-msssim==1.0.0",
+        # the references eval/report_models.py is tested against: f1chexbert's labeler,
+        # BERTScore's scorer and RadGraph's F1 arithmetic (rewards.py); pinned, and none of
+        # them pulls another torch
+        "f1chexbert==0.0.2",
+        "bert-score==0.3.13",
+        "radgraph==0.1.18",
     ],
     "tfds": ["tensorflow-datasets>=4.9.10,<4.10"],
     "tb": ["tensorboardX>=2.6,<3"],

@@ -755,11 +755,20 @@ def _evaluate(args: argparse.Namespace) -> None:
     from llmcxr_jax import checkpoint, decode
     from llmcxr_jax.data.records import open_records
     from llmcxr_jax.eval import evaluate as evaluation
-    from llmcxr_jax.eval import film_metrics
+    from llmcxr_jax.eval import film_metrics, report_models
     from llmcxr_jax.generate import Generator
 
-    # read first: a bad --xrv-weights file fails before the slow loads
+    # weights files first: a bad --xrv-weights or report-metric file fails before the slow loads
     xrv = film_metrics.load_xrv(args.xrv_weights) if args.xrv_weights else None
+    scorers = report_models.load_report_models(
+        chexbert=args.chexbert,
+        bert_tokenizer=args.bert_tokenizer,
+        radgraph=args.radgraph,
+        bertscore_model=args.bertscore_model,
+        bertscore_layer=args.bertscore_layer,
+        bertscore_baseline=args.bertscore_baseline,
+        chexbert_uncertain_positive=args.chexbert_uncertain == "positive",
+    )
     gen = Generator.load(
         args.checkpoint,
         args.vqgan,
@@ -796,6 +805,7 @@ def _evaluate(args: argparse.Namespace) -> None:
         probability_score=not args.no_probability_score,
         xrv_model=xrv,
         diversity_films=args.diversity_films,
+        report_scorers=scorers,
     )
     print(Path(args.out, "results.md").read_text())
     print(f"evaluate: results.json, results.md, samples.png in {args.out}")
@@ -1040,6 +1050,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --num-images 1: a second film for this many reports (film diversity)",
     )
     p.add_argument("--batch-size", type=positive_int_arg, default=32)
+    # report metrics from local weights (docs/evaluation.md); each is skipped when not given
+    p.add_argument("--chexbert", metavar="FILE", help="CheXbert weights (chexbert.pth)")
+    p.add_argument(
+        "--bert-tokenizer", metavar="DIR", help="bert-base-uncased tokenizer dir for --chexbert"
+    )
+    p.add_argument(
+        "--chexbert-uncertain",
+        choices=["positive", "negative"],
+        default="positive",
+        help="how F1-CheXbert counts uncertain labels (f1chexbert: positive)",
+    )
+    p.add_argument("--radgraph", metavar="DIR", help="extracted RadGraph model dir (radgraph pkg)")
+    p.add_argument("--bertscore-model", metavar="DIR", help="local model dir for BERTScore")
+    p.add_argument(
+        "--bertscore-layer",
+        type=non_negative_int_arg,
+        help="hidden layer for BERTScore (default: bert-score's for the model, else the last)",
+    )
+    p.add_argument("--bertscore-baseline", metavar="FILE", help="bert-score baseline tsv")
     p.add_argument("--out", required=True, help="directory for the JSON, Markdown and PNG")
     p.set_defaults(func=_evaluate)
 

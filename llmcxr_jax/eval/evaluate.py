@@ -39,6 +39,9 @@ How the numbers are formed (the original never said; these are our definitions):
   pycocoevalcap computes them (`eval/text_metrics.py`; CIDEr-D's document frequencies come
   from this split's references); per-film scores in `reports.jsonl` (`text_scores`). No
   interval: CIDEr-D's IDF and corpus BLEU's counts are not per-item sums to resample.
+- Report metrics from local weights (`report_models`): F1-CheXbert, RadGraph F1 and
+  BERTScore of the same texts, each with intervals, or a "skipped: why" row where its weights
+  were not given (`eval/report_models.py`, docs/evaluation.md).
 - Report-to-CXR: for each test report, `k` films are generated (exactly h*w codes each) and
   decoded by the VQ-GAN; the CXR classifier's sigmoid outputs, averaged over the k films, are
   the AUROC scores; F1 prediction = score >= 0.5. The same classifier on the real test films
@@ -103,7 +106,7 @@ from llmcxr_jax.data import images as image_io
 from llmcxr_jax.data import labeler, reports, vqa
 from llmcxr_jax.data.labels import POSITIVE, UNCERTAIN, paper_labels
 from llmcxr_jax.errors import InputError
-from llmcxr_jax.eval import film_metrics, metrics, text_metrics
+from llmcxr_jax.eval import film_metrics, metrics, report_models, text_metrics
 from llmcxr_jax.generate import LLMCXR_SAMPLER, Generator
 
 FID_BOOTSTRAP = 200  # resamples for the FID interval (each costs two eigendecompositions)
@@ -246,6 +249,7 @@ def evaluate(
     greedy_reports: bool = True,
     xrv_model: Any = None,
     diversity_films: int = 0,
+    report_scorers: report_models.ReportModels | None = None,
 ) -> dict[str, Any]:
     """Run the evaluations on `records` (a data source with codes); write the outputs.
 
@@ -254,8 +258,9 @@ def evaluate(
     CXR-to-report score (p(yes) to the presence questions); `greedy_reports`: one extra greedy
     report per film for the label exact-match rate. `xrv_model`: a torchxrayvision DenseNet
     (`film_metrics.load_xrv`) for the xrv-feature FID; `diversity_films`: with one generated
-    film per report, a second film for that many reports, for the diversity figure. See the
-    module docstring.
+    film per report, a second film for that many reports, for the diversity figure.
+    `report_scorers`: the model-based report metrics (`report_models.load_report_models`;
+    None: all listed as skipped). See the module docstring.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -355,6 +360,16 @@ def evaluate(
         }
         for j, i in enumerate(text_idx):
             per_item_text[i] = {k: v[j] for k, v in scored_text.per_item.items()}
+    # report metrics from local weights (CheXbert, RadGraph, BERTScore) on the same texts
+    scorers = report_scorers or report_models.load_report_models()
+    per_item_model: dict[int, dict[str, Any]] = {}
+    if text_idx:
+        refs = [items[i]["text"] for i in text_idx]
+        got_rm, per_rm = report_models.score_reports(
+            scorers, text_gen, refs, bootstrap=bootstrap, seed=seed, level=LEVEL
+        )
+        results["report_models"] = {**got_rm, "source": source}
+        per_item_model = {i: per_rm[j] for j, i in enumerate(text_idx) if per_rm[j]}
     with open(out / "reports.jsonl", "w", encoding="utf-8") as f:
         for j, i in enumerate(ok):
             row = {
@@ -363,6 +378,7 @@ def evaluate(
                 "generated": per_image[j],
                 "greedy": greedy[i],
                 "text_scores": per_item_text.get(i),
+                "model_scores": per_item_model.get(i),
             }
             f.write(json.dumps(row) + "\n")
 
@@ -729,6 +745,7 @@ def markdown(results: dict[str, Any], title: str = "ours") -> str:
                 "",
             ]
     lines += _text_lines(results.get("report_text"), markdown=True)
+    lines += report_models.markdown_lines(results.get("report_models"))
     r2c = results.get("report_to_cxr") or {}
     if "auroc" in r2c:
         rows = _rows(
@@ -894,6 +911,7 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
         em = fmt(c2r["greedy_exact_match"], c2r.get("greedy_exact_match_ci95"))
         lines.append(f"greedy reports, all six labels right: {em} ({c2r['greedy_count']} films)")
     lines += _text_lines(results.get("report_text"))
+    lines += report_models.summary_line(results.get("report_models"))
     r2c = results.get("report_to_cxr") or {}
     kimg = settings.get("num_images", "k")
     scored(f"report-to-CXR ({kimg} generated films each)", r2c, "mismatched reports")
