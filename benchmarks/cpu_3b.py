@@ -15,9 +15,10 @@ which compiles, and a second, steady call); ours with int8 weights (`llmcxr_jax.
 the same decoding on PyTorch's fbgemm kernels, built tensor by tensor so the fp32 model is never
 whole in memory, image-constrained for (b), the VQ-GAN decode in JAX); then transformers'
 `GPTNeoXForCausalLM.generate` in fp32, bf16 and with PyTorch's dynamic int8 (`quantize_dynamic`
-on the Linear layers of the fp32 model). Reported: seconds per sample, tokens/s, ms/token
-against the memory-bandwidth floor (the engine's weight bytes read per token over the bandwidth
-measured here by a large read), and each process's peak resident memory.
+on the Linear layers of the fp32 model). Reported: seconds per sample, tokens/s, the prompt's
+prefill (a one-token generation), the ms per decoded token after it against the
+memory-bandwidth floor (the weight bytes that token reads at the engine's precision, over the
+bandwidth measured here by a large read), and each process's peak resident memory.
 
     python benchmarks/cpu_3b.py [--engines jax int8 torch-fp32 torch-bf16 torch-int8] [--tasks a b]
 """
@@ -43,6 +44,7 @@ TOP_P = 0.92
 REPORT_PROMPT, REPORT_NEW = 300, 128
 FILM_PROMPT, FILM_CODES, LLMCXR_MAX_NEW = 64, 256, 300
 ENGINES = ("jax", "int8", "torch-fp32", "torch-bf16", "torch-int8")
+SHORT_NEW = 32  # new tokens a task for the engines named by --short
 BYTES_PER_WEIGHT = {"int8": 1, "torch-int8": 1, "torch-bf16": 2}  # fp32 otherwise
 
 
@@ -51,9 +53,21 @@ def peak_rss_gb() -> float:
 
 
 def bandwidth_gbs() -> float:
-    """Read bandwidth of this machine: the best of 5 sums over a 2 GB array."""
+    """Read bandwidth of this machine with every core reading (XLA and PyTorch decode on all of
+    them; one numpy thread reads ~40% less): the best of 5 threaded sums over a 2 GiB array."""
+    import threading
+
     x = np.ones(2**28, np.float64)  # 2 GiB
-    best = min(_timed(lambda: x.sum()) for _ in range(5))
+    parts = np.array_split(x, os.cpu_count() or 1)
+
+    def read_all() -> None:
+        threads = [threading.Thread(target=part.sum) for part in parts]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+    best = min(_timed(read_all) for _ in range(5))
     return x.nbytes / best / 1e9
 
 
@@ -92,7 +106,15 @@ def run_jax(tasks: list[str], seed: int, layers: int) -> dict:
     report, film = _prompts(seed)
     sampler = Sampler(top_p=TOP_P)
     vq, decode = _vqgan(seed)
+    from llmcxr_jax.decode import prefill
+
     for task in tasks:
+        prompt = report if task == "a" else film
+        cache = prompt.shape[1] + (REPORT_NEW if task == "a" else FILM_CODES)
+        for _ in range(2):  # the first call compiles
+            t0 = time.perf_counter()
+            jax.block_until_ready(prefill(model, prompt, cache_len=cache)[0])
+            out[f"{task}_prefill_s"] = time.perf_counter() - t0
         for call in ("first", "steady"):
             t0 = time.perf_counter()
             if task == "a":
@@ -176,6 +198,9 @@ def run_int8(tasks: list[str], seed: int, layers: int) -> dict:
     jax.block_until_ready(decode(vq, np.zeros((1, FILM_CODES), np.int32)))  # compile it once
     for task in tasks:
         t0 = time.perf_counter()
+        model.generate(report if task == "a" else film, max_new_tokens=1, sampler=sampler)
+        out[f"{task}_prefill_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
         if task == "a":
             res = model.generate(report, max_new_tokens=REPORT_NEW, sampler=sampler, rng=seed)
             new = int(res.lengths[0])
@@ -200,7 +225,7 @@ def run_int8(tasks: list[str], seed: int, layers: int) -> dict:
     return out
 
 
-def run_torch(dtype: str, tasks: list[str], seed: int, layers: int) -> dict:
+def run_torch(dtype: str, tasks: list[str], seed: int, layers: int, short: bool) -> dict:
     import torch
     import transformers
 
@@ -229,9 +254,16 @@ def run_torch(dtype: str, tasks: list[str], seed: int, layers: int) -> dict:
         x = torch.tensor(report if task == "a" else film)
         kw = dict(do_sample=True, top_p=TOP_P, top_k=0, pad_token_id=0)
         if task == "a":
-            kw.update(max_new_tokens=REPORT_NEW, min_new_tokens=REPORT_NEW, eos_token_id=None)
+            n = SHORT_NEW if short else REPORT_NEW
+            kw.update(max_new_tokens=n, min_new_tokens=n, eos_token_id=None)
         else:  # LLM-CXR's settings, one attempt
-            kw.update(max_new_tokens=LLMCXR_MAX_NEW, eos_token_id=END_ID)
+            n = SHORT_NEW if short else LLMCXR_MAX_NEW
+            kw.update(max_new_tokens=n, eos_token_id=END_ID)
+        one = dict(kw, max_new_tokens=1, min_new_tokens=None)
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            model.generate(x, attention_mask=torch.ones_like(x), **one)
+        out[f"{task}_prefill_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         with torch.no_grad():
             y = model.generate(x, attention_mask=torch.ones_like(x), **kw)
@@ -244,13 +276,13 @@ def run_torch(dtype: str, tasks: list[str], seed: int, layers: int) -> dict:
     return out
 
 
-def child(engine: str, tasks: list[str], seed: int, layers: int) -> None:
+def child(engine: str, tasks: list[str], seed: int, layers: int, short: bool) -> None:
     if engine == "jax":
         out = run_jax(tasks, seed, layers)
     elif engine == "int8":
         out = run_int8(tasks, seed, layers)
     else:
-        out = run_torch(engine[6:], tasks, seed, layers)
+        out = run_torch(engine[6:], tasks, seed, layers, short)
     print("RESULT " + json.dumps(out), flush=True)
 
 
@@ -260,10 +292,18 @@ def main() -> None:
     ap.add_argument("--tasks", nargs="+", default=["a", "b"], choices=["a", "b"])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--layers", type=int, default=32, help="32: dolly-v2-3b (fewer: a smoke test)")
+    ap.add_argument(
+        "--short",
+        nargs="*",
+        default=["torch-bf16"],
+        choices=ENGINES,
+        help=f"engines that generate only {SHORT_NEW} new tokens a task (bf16 matmuls have no "
+        "fast path on AVX2 CPUs: ~2.5x slower than fp32; the per-token figures still compare)",
+    )
     ap.add_argument("--child", choices=ENGINES, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        child(args.child, args.tasks, args.seed, args.layers)
+        child(args.child, args.tasks, args.seed, args.layers, args.child in args.short)
         return
 
     from timing import recorded
@@ -275,8 +315,16 @@ def main() -> None:
         cfg = get_preset("dolly-v2-3b", vocab_size=VOCAB, num_layers=args.layers)
         fp32_bytes = cfg.num_params() * 4  # every weight read once per token
         floor = fp32_bytes / (bw * 1e9)
-        # int8 engines keep the input embedding in fp32 but read only one row of it a token
-        read = cfg.num_params() - cfg.vocab_size * cfg.hidden_size
+
+        def floor_s(engine: str, task: str) -> float:
+            """Seconds a token to read the weights it needs: every layer, one row of the input
+            embedding, and the head's rows it computes (ours: only the 1,024 image rows for a
+            film), at the engine's bytes per weight."""
+            rows = IMAGE_HI - IMAGE_LO if task == "b" and engine in ("jax", "int8") else VOCAB
+            layers = cfg.num_params() - 2 * cfg.padded_vocab_size * cfg.hidden_size
+            n = layers + (rows + 1) * cfg.hidden_size
+            return n * BYTES_PER_WEIGHT.get(engine, 4) / (bw * 1e9)
+
         print(
             f"{args.layers} layers, {cfg.num_params() / 1e9:.2f} B parameters; "
             f"{os.cpu_count()} cores; read bandwidth {bw:.1f} GB/s; fp32 weights "
@@ -289,7 +337,8 @@ def main() -> None:
             env = dict(os.environ, PYTHONPATH=f"{here.parent}:{os.environ.get('PYTHONPATH', '')}")
             p = subprocess.run(
                 [sys.executable, __file__, "--child", engine, "--tasks", *args.tasks]
-                + ["--layers", str(args.layers), "--seed", str(args.seed)],
+                + ["--layers", str(args.layers), "--seed", str(args.seed)]
+                + ["--short", *args.short],
                 capture_output=True,
                 text=True,
                 env=env,
@@ -300,21 +349,22 @@ def main() -> None:
                 continue
             results[engine] = json.loads(line[-1][7:])
         print(
-            "| engine | task | s/sample | new tokens | tokens/s | ms/token | x its floor "
-            "| first call s | peak RSS GB |"
+            "| engine | task | s/sample | new tokens | tokens/s | prefill s | decode ms/token "
+            "| x its floor | first call s | peak RSS GB |"
         )
-        print("|---" * 9 + "|")
+        print("|---" * 10 + "|")
         for engine, r in results.items():
             for t in args.tasks:
                 s, n = r[f"{t}_steady_s"], r[f"{t}_new_tokens"]
-                per = BYTES_PER_WEIGHT.get(engine, 4)
-                eng_floor = floor if per == 4 else read * per / (bw * 1e9)
+                eng_floor = floor_s(engine, t)
                 vq = r.get("b_steady_vq_decode_s") if t == "b" else None
                 extra = f" (VQ-GAN decode {vq:.1f} s of it)" if vq is not None else ""
                 codes = f", {r['b_image_codes']} codes" if "b_image_codes" in r and t == "b" else ""
+                pre = r[f"{t}_prefill_s"]
+                step = (s - pre - (vq or 0.0)) / max(n - 1, 1)  # the tokens after the first
                 print(
-                    f"| {engine} | {t} | {s:.1f}{extra} | {n}{codes} | {n / s:.2f} | "
-                    f"{s / n * 1e3:.0f} | {s / n / eng_floor:.2f} | "
+                    f"| {engine} | {t} | {s:.1f}{extra} | {n}{codes} | {n / s:.2f} | {pre:.1f} | "
+                    f"{step * 1e3:.0f} | {step / eng_floor:.2f} | "
                     f"{r.get(f'{t}_first_s', float('nan')):.1f} | {r['peak_rss_gb']:.1f} |"
                 )
         print("\nraw: " + json.dumps(results))
