@@ -182,3 +182,21 @@ def test_generator_runs_every_task_on_the_int8_model(tmp_path):
     assert len(streamed) == gen.num_codes and min(streamed) >= 0
     with pytest.raises(InputError, match="quantize"):
         Generator.load(tmp_path / "lm", tmp_path / "vq", quantize="int4")
+
+
+def test_nucleus_samples_in_proportion():
+    """The pick inside the nucleus follows the renormalised probabilities (20,000 draws)."""
+    import torch
+
+    logits = torch.tensor([[2.0, 1.0, 0.5, 0.0, -1.0]])
+    allowed = torch.ones_like(logits, dtype=torch.bool)
+    gen = torch.Generator().manual_seed(0)
+    p = np.exp(logits.numpy()[0]) / np.exp(logits.numpy()[0]).sum()  # sorted already
+    for top_p in (0.6, 0.9, 1.0):
+        keep = int(((np.cumsum(p) - p) < top_p).sum())
+        want = np.zeros(5)
+        want[:keep] = p[:keep] / p[:keep].sum()
+        sampler = decode.Sampler(top_p=top_p)
+        draws = [int(cpu_int8._pick(logits, allowed, sampler, gen)) for _ in range(20000)]
+        got = np.bincount(draws, minlength=5) / len(draws)
+        np.testing.assert_allclose(got, want, atol=0.015)
