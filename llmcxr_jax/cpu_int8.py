@@ -543,14 +543,14 @@ def _checkpoint_tensors(
 
     abstract = common.variables_of(common.abstract(GPTNeoX, config))
     params_dir = Path(checkpoint.absolute(path)) / checkpoint.PARAMS_DIR
-    dev = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     with ocp.PyTreeCheckpointer() as ckptr:
         for rule in active_rules(config):
             leaf = nested_get(abstract, rule.path)
             item: dict = {}
             args: dict = {}
-            nested_set(item, rule.path, jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=dev))
-            nested_set(args, rule.path, ocp.ArrayRestoreArgs(sharding=dev, dtype=np.float32))
+            # straight into host memory (a numpy array, no device copy beside it)
+            nested_set(item, rule.path, jax.ShapeDtypeStruct(leaf.shape, leaf.dtype))
+            nested_set(args, rule.path, ocp.RestoreArgs(restore_type=np.ndarray, dtype=np.float32))
             try:
                 got = ckptr.restore(
                     params_dir,
@@ -567,6 +567,7 @@ def _checkpoint_tensors(
             )
             for key, x in items:
                 yield key, np.ascontiguousarray(rule.transform.to_torch(x, config), np.float32)
+            ours = items = x = None  # before the next parameter is read: one in memory at a time
 
 
 def _seed_of(rng: Any) -> int:
