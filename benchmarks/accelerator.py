@@ -61,7 +61,8 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # this tree's code: the record names this tree's commit
+# this tree's code (the record names this tree's commit) and timing.py beside this file
+sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]
 
 import timing  # noqa: E402
 
@@ -287,6 +288,15 @@ def jax_train(spec: dict[str, Any]) -> None:
             gc.collect()
             continue
         tried.append(f"{rows}: fits")
+        if spec.get("profile"):  # after the timing, which it would slow down
+            try:
+                with jax.profiler.trace(spec["profile"]), jax.set_mesh(mesh):
+                    for _ in range(2):
+                        state, m = compiled(state, batch, key)
+                    jax.block_until_ready((state, m))
+                say(f"jax-train: profile of 2 steps in {spec['profile']}")
+            except Exception as e:  # the profiler's own dependencies may be missing
+                say(f"jax-train: no profile: {type(e).__name__}: {e}")
         emit(
             "train",
             batch=rows,
@@ -637,6 +647,7 @@ def report(args: argparse.Namespace) -> int:
         "prompt": args.prompt,
         "new_tokens": args.new_tokens,
         "reps": args.reps,
+        "profile": str(args.profile.resolve()) if args.profile else None,
         "remat": cfg.remat_policy != "none",
         "optim": {k: config.optim[k] for k in ("lr", "b1", "b2", "eps", "weight_decay", "clip")},
     }
@@ -840,6 +851,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         default=",".join(PARTS),
         type=lambda s: [p for p in s.split(",") if p],
         help=f"comma-separated subset of {', '.join(PARTS)}",
+    )
+    ap.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        help="write a jax.profiler trace of 2 more JAX train steps here (TensorBoard/xprof)",
     )
     ap.add_argument("--part", choices=tuple(PARTS), help=argparse.SUPPRESS)  # a child
     ap.add_argument("--spec", help=argparse.SUPPRESS)
