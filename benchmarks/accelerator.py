@@ -159,11 +159,17 @@ def _is_oom(e: BaseException) -> bool:
     return "RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower()
 
 
-def _jax_info() -> dict[str, Any]:
+def _jax_info(spec: dict[str, Any]) -> bool:
+    """Emit what JAX sees; False (said why) where the full size would run on a CPU: a JAX
+    without its GPU or TPU plugin would spend the whole budget there."""
     import jax
 
     d = jax.devices()[0]
-    return {"device_kind": d.device_kind, "devices": jax.device_count(), "platform": d.platform}
+    emit("info", device_kind=d.device_kind, devices=jax.device_count(), platform=d.platform)
+    if d.platform == "cpu" and not spec["tiny"]:
+        emit("skip", why="JAX sees only a CPU (no CUDA or TPU plugin?); --tiny runs on CPUs")
+        return False
+    return True
 
 
 def _memory_limit(device: Any) -> int | None:
@@ -193,7 +199,8 @@ def jax_train(spec: dict[str, Any]) -> None:
     from llmcxr_jax.models.gpt_neox import GPTNeoX, GPTNeoXConfig
     from llmcxr_jax.train import lm_step, optim
 
-    emit("info", **_jax_info())
+    if not _jax_info(spec):
+        return
     config = stage1_config()
     cfg = GPTNeoXConfig.from_dict(spec["model"])
     mesh = sharding.make_mesh(tuple(config.mesh))
@@ -290,7 +297,9 @@ def jax_train(spec: dict[str, Any]) -> None:
         tried.append(f"{rows}: fits")
         if spec.get("profile"):  # after the timing, which it would slow down
             try:
-                with jax.profiler.trace(spec["profile"]), jax.set_mesh(mesh):
+                from jax import profiler
+
+                with profiler.trace(spec["profile"]), jax.set_mesh(mesh):
                     for _ in range(2):
                         state, m = compiled(state, batch, key)
                     jax.block_until_ready((state, m))
@@ -322,14 +331,15 @@ def jax_decode(spec: dict[str, Any]) -> None:
     from llmcxr_jax.decode import generate
     from llmcxr_jax.models.gpt_neox import GPTNeoX, GPTNeoXConfig
 
-    emit("info", **_jax_info())
+    if not _jax_info(spec):
+        return
     cfg = GPTNeoXConfig.from_dict(spec["model"]).replace(
         dtype="bfloat16", param_dtype="bfloat16", remat_policy="none"
     )
     model = GPTNeoX(cfg, rngs=nnx.Rngs(0))
     P, N = spec["prompt"], spec["new_tokens"]
     for b in spec["decode_batches"]:
-        prompts = np.random.default_rng(b).integers(0, cfg.vocab_size, (b, P)).astype(np.int32)
+        prompts = np.random.default_rng(b).integers(1, cfg.vocab_size, (b, P)).astype(np.int32)
 
         def run(prompts: Any = prompts) -> Any:
             return jax.block_until_ready(generate(model, prompts, max_new_tokens=N).tokens)
@@ -471,12 +481,13 @@ def torch_decode(spec: dict[str, Any]) -> None:
     sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
     for b in spec["decode_batches"]:
         gen = torch.Generator().manual_seed(b)
-        prompts = torch.randint(0, hf.config.vocab_size, (b, P), generator=gen).to(dev)
+        prompts = torch.randint(1, hf.config.vocab_size, (b, P), generator=gen).to(dev)
 
         def run(prompts: Any = prompts) -> Any:
             with torch.inference_mode():
                 out = hf.generate(
                     prompts,
+                    attention_mask=torch.ones_like(prompts),
                     do_sample=False,
                     max_new_tokens=N,
                     min_new_tokens=N,
@@ -680,8 +691,8 @@ def report(args: argparse.Namespace) -> int:
         say(f"accelerator: {name}: {results[name]['status']} in {results[name]['seconds']:.0f} s")
 
     # ---- the report: device, versions, model, tables, JSON ----------------------------------
-    infos = [r.get("info") or {} for r in results.values()]
-    info = next((i for i in infos if i.get("platform") and "torch" not in i), None)
+    infos = [r.get("info") or {} for r in results.values()]  # JAX's first
+    info = next((i for i in infos if i.get("platform") not in (None, "cpu")), None)
     info = info or next((i for i in infos if i), {})
     kind = info.get("device_kind", "unknown")
     n_dev = int(info.get("devices", 1))
