@@ -398,8 +398,12 @@ def torch_train(spec: dict[str, Any]) -> None:
     compiled = spec.get("torch_compile", False)
     hf = _hf_model(transformers, torch, spec, dev).float().train()
     hf.config.use_cache = False
-    if spec["remat"]:
-        hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if spec["remat"]:  # every layer recomputed in the backward pass, as our full remat
+        ckpt = {"use_reentrant": False}
+        if hasattr(hf, "activation_checkpointing_enable"):  # newer transformers' name
+            hf.activation_checkpointing_enable(activation_checkpointing_kwargs=ckpt)
+        else:
+            hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs=ckpt)
     model = torch.compile(hf) if compiled else hf
     o = spec["optim"]
     opt = torch.optim.AdamW(
@@ -716,13 +720,13 @@ def report(args: argparse.Namespace) -> int:
     print(
         f"model: {what}: {cfg.num_layers} layers, hidden {cfg.hidden_size}, {cfg.num_heads} "
         f"heads, MLP {cfg.intermediate_size}, vocab {cfg.vocab_size:,} (padded "
-        f"{cfg.padded_vocab_size:,}), {cfg.num_params() / 1e9:.3f} B parameters"
+        f"{cfg.padded_vocab_size:,}), {cfg.num_params():,} parameters"
     )
     print(
         f"train: stage-1 options (compute {cfg.dtype}, masters {cfg.param_dtype}, remat "
         f"{cfg.remat_policy}, scan_layers {cfg.scan_layers}, mesh {tuple(config.mesh)}), rows of "
         f"{args.seq} tokens, mean of {args.steps} steps after one; FLOPs/token = 6 N + 12 L D T "
-        f"= {fpt / 1e9:.2f} G"
+        f"= {fpt / 1e9:.3g} GFLOP"
     )
     print(
         f"decode: greedy, {args.prompt}-token prompt, {args.new_tokens} new tokens, bf16 weights, "
