@@ -35,6 +35,10 @@ table and one JSON line, is appended to benchmarks/results/accelerator.md (`timi
 Imports are only jax, flax, optax, numpy, torch and transformers (and tqdm, which transformers
 needs): no ml_collections (a stand-in runs the stage-1 config file where it is missing), clu or
 grain, so a bare GPU image runs it from the source tree.
+
+A rerun can be shorter: `--batch-start N` (the batch the table says fits: one compile),
+`--parts jax-train,torch-train`, `--torch-compile off`. `--profile DIR` adds a jax.profiler
+trace of two more JAX train steps (docs/performance.md: what limits MFU).
 """
 
 from __future__ import annotations
