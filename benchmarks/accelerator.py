@@ -356,7 +356,7 @@ def jax_decode(spec: dict[str, Any]) -> None:
             batch=b,
             step_ms=sec / N * 1e3,
             tokens_per_s=b * N / sec,
-            compile_s=first - sec,
+            compile_s=max(first - sec, 0.0),
         )
 
 
@@ -513,7 +513,7 @@ def torch_decode(spec: dict[str, Any]) -> None:
             batch=b,
             step_ms=sec / N * 1e3,
             tokens_per_s=b * N / sec,
-            compile_s=first - sec,
+            compile_s=max(first - sec, 0.0),
         )
 
 
