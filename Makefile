@@ -9,7 +9,7 @@ TEST_ENV := XLA_FLAGS="--xla_force_host_platform_device_count=8" JAX_PLATFORMS=c
 PYTEST_WORKERS ?= 2
 PYTEST_ARGS ?=
 
-.PHONY: install test demo lint browser bench-decode bench-generate bench-vqgan bench-vqgan-train bench-pipeline bench-train-step clean
+.PHONY: install test demo lint browser bench-decode bench-generate bench-vqgan bench-vqgan-train bench-pipeline bench-train-step bench-accelerator clean
 
 $(STAMP): setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -54,6 +54,10 @@ bench-pipeline: $(STAMP)
 
 bench-train-step: $(STAMP)
 	JAX_PLATFORMS=cpu $(PY) benchmarks/train_step.py
+
+# On a GPU or TPU (not pinned to the CPU): the real-size train step (MFU) and decoding
+bench-accelerator: $(STAMP)
+	$(PY) benchmarks/accelerator.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -66,7 +66,8 @@ def cpu_model() -> str:
 
 
 def commit() -> str:
-    """The source tree's commit (with `+dirty` for uncommitted changes), or `unknown`."""
+    """The source tree's commit (with `+dirty` for uncommitted changes); where the tree has no
+    git (a copy on a device machine) $LLMCXR_COMMIT names it, else `unknown`."""
     root = Path(__file__).resolve().parent.parent
     try:
         rev = subprocess.run(
@@ -83,7 +84,7 @@ def commit() -> str:
         ).stdout.strip()
         return rev + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+        return os.environ.get("LLMCXR_COMMIT", "unknown")
 
 
 class _Tee(io.TextIOBase):

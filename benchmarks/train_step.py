@@ -38,9 +38,9 @@ import transformers
 from flax import nnx
 from timing import bench_gpt_neox_config, median_seconds, recorded, seconds
 
+from llmcxr_jax.accelerators import flops_per_token
 from llmcxr_jax.convert.hf_gpt_neox import load_hf_model
 from llmcxr_jax.train import lm_step, optim
-from llmcxr_jax.train.lm import flops_per_token
 
 OPTIM = ml_collections.ConfigDict(
     {

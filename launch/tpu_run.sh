@@ -17,10 +17,17 @@
 #      re-attach is printed), then wait for every worker (only with --fetch-logs / --delete),
 #      copy the logs here (--fetch-logs) and delete the VM (--delete).
 # The workdir should be a gs:// path: every host reads and writes the same checkpoints.
+#
+#   launch/tpu_run.sh --name bench --zone us-central2-b --accelerator-type v4-8 --create \
+#       --job bench-accelerator --fetch-logs logs/ --delete -- --batch-start 8
+#
+# `--job bench-accelerator` runs `python benchmarks/accelerator.py <extra args>` instead (one
+# host: a single-host slice such as v4-8; no --config or --workdir); --fetch-logs then also
+# copies the record it appends to, benchmarks/results/accelerator.md.
 set -euo pipefail
 
 usage() {
-  sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'
   cat <<'EOF'
 Flags:
   --name NAME                TPU VM name (required)
@@ -32,12 +39,14 @@ Flags:
   --delete                   delete the VM when the job ends
   --repo URL [--branch B]    clone this repository on the workers instead of copying the checkout
   --job JOB                  llmcxr-jax subcommand (default train; train-vqgan, encode-images, ...)
+                             or bench-accelerator (benchmarks/accelerator.py, one host)
   --config FILE[:ARG]        config file, relative to the repository root
   --workdir DIR              run directory, normally gs://bucket/path
   --fetch-logs DIR           copy the workers' logs into DIR at the end
   --no-follow                start the job and return (it keeps running on the workers)
   --dry-run                  print every command, run none
   -- ARGS...                 passed on to llmcxr-jax (e.g. --config.data.data_dir=gs://...)
+                             or to benchmarks/accelerator.py (e.g. --batch-start 8)
 EOF
 }
 
@@ -67,16 +76,19 @@ while [[ $# -gt 0 ]]; do
   esac
 done
 
+BENCH_JOB="bench-accelerator"
 missing=()
 [[ -n "$NAME" ]] || missing+=(--name)
 [[ -n "$ZONE" ]] || missing+=(--zone)
-[[ -n "$CONFIG" ]] || missing+=(--config)
-[[ -n "$WORKDIR" ]] || missing+=(--workdir)
+if [[ "$JOB" != "$BENCH_JOB" ]]; then
+  [[ -n "$CONFIG" ]] || missing+=(--config)
+  [[ -n "$WORKDIR" ]] || missing+=(--workdir)
+fi
 if [[ ${#missing[@]} -gt 0 ]]; then
   echo "tpu_run.sh: missing ${missing[*]} (see --help)" >&2
   exit 2
 fi
-if [[ "$WORKDIR" != gs://* ]]; then
+if [[ "$JOB" != "$BENCH_JOB" && "$WORKDIR" != gs://* ]]; then
   echo "tpu_run.sh: warning: --workdir $WORKDIR is not a gs:// path; on a multi-host slice" \
        "every worker must see the same directory" >&2
 fi
@@ -131,7 +143,13 @@ on_all_workers "cd ~/llmcxr_jax && python3 -m venv .venv && .venv/bin/pip instal
 .venv/bin/pip install -q -e '.[tb,tfds]' 'jax[tpu]' \
 -f https://storage.googleapis.com/jax-releases/libtpu_releases.html"
 
-JOB_ARGS=(--config "$CONFIG" --workdir "$WORKDIR" --config.distributed=True "${EXTRA[@]}")
+if [[ "$JOB" == "$BENCH_JOB" ]]; then
+  JOB_CMD=".venv/bin/python benchmarks/accelerator.py"
+  JOB_ARGS=("${EXTRA[@]}")
+else
+  JOB_CMD=".venv/bin/llmcxr-jax $(printf %q "$JOB")"
+  JOB_ARGS=(--config "$CONFIG" --workdir "$WORKDIR" --config.distributed=True "${EXTRA[@]}")
+fi
 QUOTED=""
 for a in "${JOB_ARGS[@]}"; do QUOTED+=" $(printf %q "$a")"; done
 # paths on the workers: the tilde is expanded there, by the remote shell
@@ -139,7 +157,7 @@ for a in "${JOB_ARGS[@]}"; do QUOTED+=" $(printf %q "$a")"; done
 LOG="~/llmcxr_logs/$RUN_ID.log" PID="~/llmcxr_logs/$RUN_ID.pid"
 # Detached: the job's parent is init, not the SSH session, so hanging up does not reach it.
 on_all_workers "mkdir -p ~/llmcxr_logs && cd ~/llmcxr_jax && \
-nohup setsid .venv/bin/llmcxr-jax $(printf %q "$JOB")$QUOTED > $LOG 2>&1 < /dev/null & \
+nohup setsid $JOB_CMD$QUOTED > $LOG 2>&1 < /dev/null & \
 echo \$! > $PID"
 
 ON_WORKER0=("${GCLOUD_TPU[@]}" ssh "$NAME" "${WHERE[@]}" --worker=0 --command)
@@ -158,6 +176,10 @@ if [[ -n "$FETCH_LOGS" ]]; then
   run mkdir -p "$FETCH_LOGS"
   run "${GCLOUD_TPU[@]}" scp "$NAME:~/llmcxr_logs/$RUN_ID.log" "$FETCH_LOGS/" "${WHERE[@]}" \
     --worker=all
+  if [[ "$JOB" == "$BENCH_JOB" ]]; then
+    run "${GCLOUD_TPU[@]}" scp "$NAME:~/llmcxr_jax/benchmarks/results/accelerator.md" \
+      "$FETCH_LOGS/" "${WHERE[@]}" --worker=0
+  fi
 fi
 
 if [[ "$DELETE" -eq 1 ]]; then

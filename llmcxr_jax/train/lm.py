@@ -35,7 +35,8 @@ import numpy as np
 from clu import metrics as clu_metrics
 from flax import nnx
 
-from llmcxr_jax import checkpoint, distributed, sharding
+from llmcxr_jax import accelerators, checkpoint, distributed, sharding
+from llmcxr_jax.accelerators import flops_per_token
 from llmcxr_jax.data import instructions, pipeline
 from llmcxr_jax.data.records import field_text, open_records
 from llmcxr_jax.errors import InputError
@@ -46,27 +47,10 @@ from llmcxr_jax.train import lm_step, loop, optim
 
 log = logging.getLogger(__name__)
 
-# bf16 dense peak FLOP/s per chip, for the MFU estimate (none known for CPUs).
-PEAK_FLOPS = {
-    "TPU v4": 275e12,
-    "TPU v5 lite": 197e12,
-    "TPU v5p": 459e12,
-    "TPU v6 lite": 918e12,
-    "NVIDIA H100": 989e12,
-    "NVIDIA H200": 989e12,
-    "NVIDIA A100": 312e12,
-}
-
-
-def flops_per_token(cfg: Any, seq_len: int) -> float:
-    """Training FLOPs per token: 6 x (matmul parameters) + attention scores (12 L D T)."""
-    n = cfg.num_params() - cfg.vocab_size * cfg.hidden_size  # the input embedding is a lookup
-    return 6.0 * n + 12.0 * cfg.num_layers * cfg.hidden_size * seq_len
-
 
 def peak_flops() -> float | None:
-    kind = jax.devices()[0].device_kind
-    return next((v for k, v in PEAK_FLOPS.items() if kind.startswith(k)), None)
+    """bf16 dense peak FLOP/s of this run's chips (accelerators.py), None on CPUs."""
+    return accelerators.peak_flops(jax.devices()[0].device_kind)
 
 
 # --------------------------------------------------------------------------------------------

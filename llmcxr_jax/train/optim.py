@@ -11,12 +11,15 @@ LLM-CXR (DeepSpeed): AdamW, lr 5e-6, betas 0.9/0.999, eps 1e-8, weight decay 0, 
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import jax.numpy as jnp
-import ml_collections
 import optax
 
 from llmcxr_jax.errors import InputError
+
+if TYPE_CHECKING:  # only named in hints: a config may be any attribute dict (no ml_collections)
+    import ml_collections
 
 
 def schedule(c: ml_collections.ConfigDict) -> optax.Schedule:
