@@ -450,3 +450,25 @@ def test_report_generation_table_ours_published_and_skipped_rows():
     assert set(report_models.F1_KEYS) <= {k for k, _ in metrics.REPORT_TABLE_COLUMNS}
     # nothing generated: no table
     assert evaluate.report_generation_table({"num_items": 1}) == []
+
+
+def test_write_items_round_trips_reports_with_line_breaks_quotes_and_nan(tmp_path):
+    import csv
+    import json
+
+    rows = [
+        {"id": "a", "hypothesis": 'one\rtwo\nthree, "four"', "bleu_1": float("nan"),
+         "labels_greedy": {"Edema": 1}, "film_1": None},
+        {"id": "b", "hypothesis": "plain", "bleu_1": np.float64(0.1),
+         "labels_greedy": None, "film_1": "films/b_1.png"},
+    ]  # fmt: skip
+    evaluate.write_items(tmp_path, rows)
+    back = [json.loads(x) for x in (tmp_path / "items.jsonl").read_text().splitlines()]
+    assert back[0]["bleu_1"] is None and back[1]["bleu_1"] == 0.1  # NaN: null
+    assert back[0]["hypothesis"] == rows[0]["hypothesis"]
+    with open(tmp_path / "items.csv", newline="", encoding="utf-8") as f:
+        table = list(csv.DictReader(f))
+    assert len(table) == 2 and table[0]["hypothesis"] == rows[0]["hypothesis"]
+    assert table[0]["bleu_1"] == "" and table[1]["bleu_1"] == "0.1"
+    assert json.loads(table[0]["labels_greedy"]) == {"Edema": 1} and table[1]["labels_greedy"] == ""
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["items.csv", "items.jsonl"]

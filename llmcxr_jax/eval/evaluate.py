@@ -902,7 +902,9 @@ def write_items(out: str | os.PathLike, rows: list[dict[str, Any]]) -> None:
         "".join(json.dumps(r, ensure_ascii=False, default=_jsonable) + "\n" for r in rows),
     )
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    # CRLF rows (RFC 4180; the default): fields holding \r or \n are then quoted, which they
+    # are not with a "\n" terminator, and a generated report may hold either
+    writer = csv.DictWriter(buf, fieldnames=columns)
     writer.writeheader()
     for r in rows:
         writer.writerow({k: _csv_cell(v) for k, v in r.items()})
