@@ -1143,7 +1143,7 @@ def report_generation_table(results: dict[str, Any], title: str = "ours") -> lis
     by_source: dict[str, list[str]] = {}
     for row in metrics.PUBLISHED_REPORT_ROWS:
         by_source.setdefault(row["source"], []).append(row["name"])
-    cited = "; ".join(f"{', '.join(names)}: {src}" for src, names in by_source.items())
+    cited = "; ".join(f"{' / '.join(names)}: {src}" for src, names in by_source.items())
     notes.append(f"Published rows (figures on MIMIC-CXR, not on the data evaluated here): {cited}.")
     for note in notes:
         lines += ["", note]
