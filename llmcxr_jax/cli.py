@@ -808,7 +808,7 @@ def _evaluate(args: argparse.Namespace) -> None:
         report_scorers=scorers,
     )
     print(Path(args.out, "results.md").read_text())
-    print(f"evaluate: results.json, results.md, samples.png in {args.out}")
+    print(f"evaluate: results.json, results.md, samples.png, items.csv, films/ in {args.out}")
 
 
 def _serve(args: argparse.Namespace) -> None:

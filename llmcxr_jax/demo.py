@@ -8,7 +8,8 @@ there, so an interrupted demo resumes where it stopped:
     tfds/        cxr_phantoms/64 with the codes (TFDS, array_record)
     stage1/      LM stage 1 (the tokenizer in stage1/tokenizer)
     stage2/      LM stage 2 from stage 1's weights; stage2/model is the final checkpoint
-    eval/        results.json, results.md, samples.png, recon.png, reports.jsonl
+    eval/        results.json, results.md, samples.png, recon.png, reports.jsonl,
+                 items.jsonl, items.csv (per test item), films/ (generated films)
     summary.md   the closing summary (also summary.json): time per step, the figures with
                  their 95% intervals, the controls, and PASS/FAIL against the demo's bars
 
@@ -390,6 +391,7 @@ def summarize(results: dict[str, Any], c: ml_collections.ConfigDict, out: Path) 
         (ev / "samples.png", "real test films over films generated from their reports"),
         (ev / "recon.png", "real test films over their VQ-GAN reconstructions"),
         (ev / "reports.jsonl", "reference and generated reports"),
+        (ev / "items.csv", "per test item: reports, labels, metrics, generated film paths"),
         (out / "vqgan" / "samples", "VQ-GAN training inputs over reconstructions"),
         (out / "stage1" / "samples", "LM samples during stage 1"),
         (out / "stage2" / "samples", "LM samples during stage 2"),

@@ -4,6 +4,7 @@ The demo runs once for the module (about a minute and a half on a CPU); the othe
 its output directory.
 """
 
+import csv
 import json
 import math
 import os
@@ -26,6 +27,7 @@ PUBLISHED = [f"{m} (published, MIMIC-CXR)" for m in ("LLM-CXR", "UniXGen", "Xray
 NOTEBOOK_PARAMETERS = [
     *("REPO_URL", "CHECKPOINT", "VQGAN", "CLASSIFIER", "DATA_DIR", "DATASET", "BUILDER_KWARGS"),
     *("SPLIT", "IMAGE", "REPORT", "QUESTION", "SEED", "MAX_ITEMS", "OUT"),
+    *("CHEXBERT", "BERT_TOKENIZER", "RADGRAPH", "BERTSCORE_MODEL", "XRV_WEIGHTS"),
 ]
 
 
@@ -289,6 +291,13 @@ def test_notebook_runs_on_demo_outputs(demo_run, tmp_path, monkeypatch):
     results = json.loads((nb_out / "eval" / "results.json").read_text())
     assert 0 < results["num_items"] <= 4
     assert (nb_out / "eval" / "samples.png").exists()
+    # no weights given: the model-based metrics are skipped with their reasons; per-item outputs
+    assert "chexbert: skipped (no CheXbert weights given" in stdout
+    assert "xrv FID: skipped (no XRV_WEIGHTS)" in stdout
+    assert "### Report generation" in tables[0] and "—" in tables[0]
+    with open(nb_out / "eval" / "items.csv", newline="", encoding="utf-8") as f:
+        n_items = sum(1 for _ in csv.DictReader(f))
+    assert n_items == results["num_items"] and f"items.csv: {n_items} items" in stdout
 
 
 def test_lm_step_budget_is_measured_kept_for_resume_and_restores_the_data(tmp_path):

@@ -322,3 +322,153 @@ def test_evaluate_end_to_end_intervals_controls_reconstructions(gen, tmp_path):
     assert any(ln.startswith("diversity: MS-SSIM") and "[" in ln for ln in lines)
     assert any(ln.startswith("VQ-GAN reconstruction SSIM") for ln in lines)
     assert any(ln.startswith("report text (greedy") and "CIDEr-D" in ln for ln in lines)
+    # per-item outputs: one row per item in items.jsonl and items.csv, the same columns
+    _check_items(tmp_path, res, rows)
+    # the report-generation table: ours (BERTScore etc. not run: "—"), then published rows
+    assert "### Report generation" in md
+    ours = next(ln for ln in md.splitlines() if ln.startswith("| ours |"))
+    cells = [c.strip() for c in ours.strip("|").split("|")]
+    assert cells[1] == f"{100 * text['bleu_1']:.1f}" and cells[5:] == ["—"] * 6
+    assert "BERTScore: no BERTScore model directory given (--bertscore-model)" in md
+
+
+ITEM_COLUMNS = [
+    *("id", "reference", "hypothesis", "hypothesis_from", "greedy", "sampled_1"),
+    *("prompt", "img_savename", "film_1"),
+    *(f"bleu_{k}" for k in range(1, 5)),
+    *("rouge_l", "cider_d", "labels_reference", "labels_greedy", "labels_sampled_1"),
+    *("ms_ssim_real", "ms_ssim_real_mismatched", "diversity", "recon_psnr", "recon_ssim"),
+]
+
+
+def _six(text):
+    """Our labeler's six 0/1 labels of one report, by class."""
+    labels = evaluate.binary_labels([text])[0].tolist()
+    return dict(zip(metrics.PAPER_CLASSES, labels, strict=True))
+
+
+def _check_items(out, res, reports_rows):
+    """items.jsonl / items.csv of the end-to-end run (8 items, one sampled and one greedy
+    report each, one 32 x 32 grey film each, record 3 without stored pixels)."""
+    import csv
+    import json
+
+    from PIL import Image
+
+    rows = [json.loads(x) for x in (out / "items.jsonl").read_text().splitlines()]
+    assert len(rows) == res["num_items"] == 8
+    assert all(list(r) == ITEM_COLUMNS for r in rows)
+    with open(out / "items.csv", newline="", encoding="utf-8") as f:
+        table = list(csv.DictReader(f))
+    assert len(table) == 8 and list(table[0]) == ITEM_COLUMNS
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no temporary left
+    by_id = {r["id"]: r for r in reports_rows}
+    for r, c in zip(rows, table, strict=True):
+        ref = by_id[r["id"]]
+        assert r["reference"] == c["reference"] == c["prompt"] == ref["reference"]
+        assert r["hypothesis"] == r["greedy"] == c["hypothesis"] == ref["greedy"]
+        assert r["hypothesis_from"] == "greedy" and r["sampled_1"] == ref["generated"][0]
+        for key, value in ref["text_scores"].items():
+            assert r[key] == value and float(c[key]) == value
+        # our labeler's six classes, as the tables score them
+        labels = _six(r["greedy"])
+        assert r["labels_greedy"] == labels and json.loads(c["labels_greedy"]) == labels
+        assert r["labels_reference"] == _six(r["reference"])
+        # the generated film: a PNG of the VQ-GAN's grey 32 x 32 output
+        assert r["img_savename"] == r["film_1"] == c["film_1"] == f"films/{r['id']}_1.png"
+        with Image.open(out / r["film_1"]) as im:
+            assert im.format == "PNG" and im.size == (32, 32) and im.mode == "L"
+    # per-item film metrics: their means are the figures; empty where they do not exist
+    films, rec = res["films"], res["reconstruction"]
+    for key, want in (
+        ("ms_ssim_real", films["ms_ssim_real"]),
+        ("ms_ssim_real_mismatched", films["ms_ssim_real_mismatched"]),
+        ("diversity", films["diversity"]),
+        ("recon_psnr", rec["psnr"]),
+        ("recon_ssim", rec["ssim"]),
+    ):
+        got = [r[key] for r in rows if r[key] is not None]
+        assert np.mean(got) == pytest.approx(want), key
+    assert rows[3]["ms_ssim_real"] is None and table[3]["ms_ssim_real"] == ""  # no pixels
+    assert sum(r["diversity"] is not None for r in rows) == 3  # --diversity-films 3
+
+
+def test_film_stems_are_safe_file_names_and_unique():
+    got = evaluate.film_stems(["p10/s5/a", "p10_s5_a", ".hidden", "", "x y"])
+    assert got == ["p10_s5_a", "p10_s5_a-1", "hidden", "item", "x_y"]
+
+
+def test_report_generation_table_ours_published_and_skipped_rows():
+    from llmcxr_jax.eval import report_models
+
+    text = {"bleu_1": 0.4, "bleu_4": 0.1, "rouge_l": 0.3, "cider_d": 0.25, "source": "greedy"}
+    chexbert = {"micro_f1_14": 0.5, "macro_f1_14": 0.3, "micro_f1_5": 0.55, "macro_f1_5": 0.45}
+    chexbert.update(micro_f1_14_ci95=[0.4, 0.6], uncertain_positive=True)
+    results = {
+        "report_text": text,
+        "report_models": {
+            "chexbert": chexbert,
+            "radgraph": {"skipped": "no RadGraph model directory given (--radgraph)"},
+            "bertscore": {"skipped": "no BERTScore model directory given (--bertscore-model)"},
+            "source": "greedy",
+        },
+    }
+    lines = evaluate.report_generation_table(results, "ours (phantoms)")
+    headers = [h for _, h in metrics.REPORT_TABLE_COLUMNS]
+    assert headers == [
+        *("BLEU-1", "BLEU-4", "ROUGE-L", "CIDEr", "BERTScore", "RadGraph F1"),
+        *(f"F1-CheXbert {a}-{n}" for n in (14, 5) for a in ("micro", "macro")),
+    ]
+    assert "| Model | " + " | ".join(headers) + " |" in lines
+
+    def cells(prefix):
+        (line,) = [ln for ln in lines if ln.startswith(f"| {prefix}")]
+        return [c.strip() for c in line.strip("|").split("|")][1:]
+
+    # ours in percent, with the interval where there is one; skipped metrics as "—"
+    assert cells("ours (phantoms) |") == [
+        *("40.0", "10.0", "30.0", "25.0", "—", "—"),
+        *("50.0 [40.0, 60.0]", "30.0", "55.0", "45.0"),
+    ]
+    # the published rows: their figures under their metrics, empty cells elsewhere
+    note = "(published, MIMIC-CXR; not comparable with phantom figures)"
+    published = [ln for ln in lines if note in ln]
+    assert len(published) == len(metrics.PUBLISHED_REPORT_ROWS) == 5
+    assert cells(f"CheXagent {note}") == ["", "", "", "", "", "", "58.0", "44.9", "62.5", "55.3"]
+    assert cells(f"MAIRA-2 {note}") == ["", "23.4", "38.4", "", "", "34.6", "", "", "", ""]
+    assert cells(f"LLaVA-Rad, third-party pipeline {note}")[2] == "22.2"
+    md = "\n".join(lines)
+    assert (
+        "—: not computed here. BERTScore: no BERTScore model directory given (--bertscore-model); "
+        "RadGraph F1: no RadGraph model directory given (--radgraph)."
+    ) in md
+    assert "CheXagent: CheXagent's README" in md and "uncertain labels counted as positive" in md
+    # the published figures are stated once, as percentages, with a source
+    for row in metrics.PUBLISHED_REPORT_ROWS:
+        assert row["source"] and set(row["figures"]) <= {k for k, _ in metrics.REPORT_TABLE_COLUMNS}
+        assert all(0 < v < 100 for v in row["figures"].values())
+    assert set(report_models.F1_KEYS) <= {k for k, _ in metrics.REPORT_TABLE_COLUMNS}
+    # nothing generated: no table
+    assert evaluate.report_generation_table({"num_items": 1}) == []
+
+
+def test_write_items_round_trips_reports_with_line_breaks_quotes_and_nan(tmp_path):
+    import csv
+    import json
+
+    rows = [
+        {"id": "a", "hypothesis": 'one\rtwo\nthree, "four"', "bleu_1": float("nan"),
+         "labels_greedy": {"Edema": 1}, "film_1": None},
+        {"id": "b", "hypothesis": "plain", "bleu_1": np.float64(0.1),
+         "labels_greedy": None, "film_1": "films/b_1.png"},
+    ]  # fmt: skip
+    evaluate.write_items(tmp_path, rows)
+    back = [json.loads(x) for x in (tmp_path / "items.jsonl").read_text().splitlines()]
+    assert back[0]["bleu_1"] is None and back[1]["bleu_1"] == 0.1  # NaN: null
+    assert back[0]["hypothesis"] == rows[0]["hypothesis"]
+    with open(tmp_path / "items.csv", newline="", encoding="utf-8") as f:
+        table = list(csv.DictReader(f))
+    assert len(table) == 2 and table[0]["hypothesis"] == rows[0]["hypothesis"]
+    assert table[0]["bleu_1"] == "" and table[1]["bleu_1"] == "0.1"
+    assert json.loads(table[0]["labels_greedy"]) == {"Edema": 1} and table[1]["labels_greedy"] == ""
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["items.csv", "items.jsonl"]

@@ -474,6 +474,21 @@ def test_evaluate_writes_report_metrics_and_skipped_rows(chexbert_file, tok_dir,
     assert len(rows[0]["model_scores"]["chexbert_generated"]) == 14
     md = (tmp_path / "b" / "results.md").read_text()
     assert "F1-CheXbert micro (5 observations)" in md and "| RadGraph F1 | skipped:" in md
+    # items.jsonl: CheXbert's 14 labels of the reference and of every generated report
+    items = [json.loads(x) for x in (tmp_path / "b" / "items.jsonl").read_text().splitlines()]
+    assert len(items) == len(refs) and "prompt" not in items[0]  # no films without a VQ-GAN
+    for item, row in zip(items, rows, strict=True):
+        scores = row["model_scores"]
+        want = dict(zip(rm.CHEXBERT_CLASSES, scores["chexbert_reference"], strict=True))
+        assert item["chexbert_reference"] == want
+        want = dict(zip(rm.CHEXBERT_CLASSES, scores["chexbert_generated"], strict=True))
+        assert item["chexbert_greedy"] == item["chexbert_sampled_1"] == want
+    first = (tmp_path / "a" / "items.jsonl").read_text().splitlines()[0]
+    assert "chexbert_reference" not in json.loads(first)
+    # the report-generation table: F1-CheXbert computed, RadGraph and BERTScore "—"
+    ours = next(ln for ln in md.splitlines() if ln.startswith("| ours |"))
+    cells = [c.strip() for c in ours.strip("|").split("|")]
+    assert cells[5:7] == ["—", "—"] and "[" in cells[7] and "—" not in cells[7:]
 
 
 def test_cli_bad_weights_file_is_one_line_before_anything_loads(tok_dir, tmp_path, capsys):

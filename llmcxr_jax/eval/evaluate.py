@@ -3,11 +3,14 @@
     llmcxr-jax evaluate --checkpoint run/stage2 --vqgan run/vqgan/model \\
         --classifier run/vqgan/classifier --dataset cxr_phantoms/64 --data-dir DIR --split test
 
-Writes `results.json`, `results.md` (the tables, the paper's published rows beside ours),
+Writes `results.json`, `results.md` (the tables, the paper's published rows beside ours; a
+report-generation table in the field's layout beside other models' published figures),
 `samples.png` (real films above the films generated from their reports), `recon.png` (real
 films above their VQ-GAN reconstructions), `reports.jsonl` (reference, sampled and greedy
-reports) and `probabilities.jsonl` (p(yes) per film and class) to `--out`;
-`summary_lines(results)` gives the figures as plain-text lines.
+reports), `probabilities.jsonl` (p(yes) per film and class), `items.jsonl` and `items.csv` (one
+row per test item: its reports, every labeler's labels, per-item metrics and the paths of its
+generated films, `films/<id>_<k>.png`; columns in docs/evaluation.md, "Per-item outputs") to
+`--out`; `summary_lines(results)` gives the figures as plain-text lines.
 
 How the numbers are formed (the original never said; these are our definitions):
 
@@ -89,10 +92,15 @@ splits hold one film per item.)
 
 from __future__ import annotations
 
+import csv
+import io
 import json
+import logging
 import math
 import os
+import re
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +121,9 @@ FID_BOOTSTRAP = 200  # resamples for the FID interval (each costs two eigendecom
 LEVEL = 0.95  # the intervals' coverage (the `_ci95` keys)
 ANSWERS = ("yes", "no")
 MIN_MSE = 1e-10  # PSNR of a film reconstructed exactly: 10 log10(4 / 1e-10) = 106 dB, not inf
+FILMS_DIR = "films"  # the generated films, `films/<id>_<k>.png` under the output directory
+
+log = logging.getLogger(__name__)
 
 
 def _presence_questions() -> dict[str, str]:
@@ -370,6 +381,19 @@ def evaluate(
         )
         results["report_models"] = {**got_rm, "source": source}
         per_item_model = {i: per_rm[j] for j, i in enumerate(text_idx) if per_rm[j]}
+    # per item (items.jsonl / items.csv): its reports, the metric values, later its films
+    sampled: list[list[str] | None] = [None] * len(items)
+    for j, i in enumerate(ok):
+        sampled[i] = list(per_image[j])
+    per_item = _ItemData(
+        sampled=sampled,
+        greedy=greedy if greedy_reports else None,
+        hypothesis_from="greedy" if greedy_reports else "sampled_1",
+        hypothesis={i: text_gen[j] for j, i in enumerate(text_idx)},
+        text=per_item_text,
+        model=per_item_model,
+        model_columns=_model_columns(results.get("report_models") or {}),
+    )
     with open(out / "reports.jsonl", "w", encoding="utf-8") as f:
         for j, i in enumerate(ok):
             row = {
@@ -427,10 +451,12 @@ def evaluate(
             psnr = psnr_per_film(real, recon)
             rec["psnr"] = float(psnr.mean())
             rec["psnr_ci95"] = _interval(np.mean, psnr, bootstrap, seed)
+            per_item.put_films("recon_psnr", rec_idx, psnr)
             if min(real.shape[1:3]) >= film_metrics.WIN_SIZE:
                 ssim = film_metrics.batched(film_metrics.ssim, real, recon)
                 rec["ssim"] = float(ssim.mean())
                 rec["ssim_ci95"] = _interval(np.mean, ssim, bootstrap, seed)
+                per_item.put_films("recon_ssim", rec_idx, ssim)
             else:
                 rec["ssim_skipped"] = f"films under the {film_metrics.WIN_SIZE}-px SSIM window"
             k = min(8, len(rec_idx))
@@ -465,6 +491,7 @@ def evaluate(
                 len(ok_i), num_images, gen.num_codes
             )
             pixels = gen.decode(codes)  # [N, k, H, W, C]
+            per_item.films = _save_films(out, [items[i]["id"] for i in ok_i], pixels, ok_i)
             flat = pixels.reshape(-1, *pixels.shape[2:])
             probs, feats = classify(classifier, flat)
             probs = probs.reshape(len(ok_i), num_images, -1).mean(axis=1)
@@ -482,6 +509,7 @@ def evaluate(
                 gen, items, ok_i, pixels, real, [stored[i] is not None for i in ok_i],
                 xrv_model=xrv_model, diversity_films=diversity_films, sampler=sampler,
                 seed=seed, bootstrap=bootstrap, fid_num=fid_num, progress=progress,
+                per_item=per_item,
             )  # fmt: skip
             np.save(out / "generated_codes.npy", codes)
             k = min(8, len(ok_i))
@@ -513,6 +541,7 @@ def evaluate(
                 v["overall_ci95"] = _interval(np.mean, hits, bootstrap, seed)
             results["vqa"] = v
 
+    write_items(out, _item_rows(items, y_true, per_item, uncertain_positive, scorers.chexbert))
     (out / "results.json").write_text(json.dumps(results, indent=2, default=_jsonable))
     (out / "results.md").write_text(markdown(results, title))
     return results
@@ -538,12 +567,14 @@ def _film_figures(
     bootstrap: int,
     fid_num: int,
     progress: bool,
+    per_item: _ItemData | None = None,
 ) -> dict[str, Any]:
     """The generated films' figures (`films` in results.json; see eval/film_metrics.py and
     docs/evaluation.md): xrv-feature FID, MS-SSIM to the real film of the same report and its
     mismatched control, diversity (MS-SSIM of two films of one report) and its distinct-report
     reference. `pixels` [N, k, H, W, C], `real` [N, H, W, C] for the items `ok_i`; a figure
-    that cannot be formed is named in `skipped` with the reason."""
+    that cannot be formed is named in `skipped` with the reason. `per_item`: gets each item's
+    MS-SSIM to its real film, its control and its diversity."""
     n, k = pixels.shape[:2]
     g, r = _same_channels(pixels, real)
     res: dict[str, Any] = {"generated_films": n * k, "skipped": {}}
@@ -571,25 +602,28 @@ def _film_figures(
     def ms(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return film_metrics.batched(film_metrics.ms_ssim, a, b)
 
-    def put(key: str, values: np.ndarray) -> None:
+    def put(key: str, values: np.ndarray, rows: Sequence[int] | None = None) -> None:
+        """A figure from per-report values; `rows`: their reports (0..n-1), kept per item."""
         res[key] = float(values.mean())
         res[f"{key}_ci95"] = _interval(np.mean, values, bootstrap, seed)
         res[f"{key}_count"] = len(values)
+        if per_item is not None and rows is not None:
+            per_item.put_films(key, [ok_i[j] for j in rows], values)
 
     px = [j for j in range(n) if has_pixels[j]]
     if px:
         # per report: the mean over its k films of MS-SSIM to the report's real film
         to_real = np.mean([ms(g[px, t], r[px]) for t in range(k)], axis=0)
-        put("ms_ssim_real", to_real)
+        put("ms_ssim_real", to_real, px)
         if len(px) >= 2:
             d = np.asarray(px)[metrics.derangement(len(px), seed)]
-            put("ms_ssim_real_mismatched", np.mean([ms(g[d, t], r[px]) for t in range(k)], 0))
+            put("ms_ssim_real_mismatched", np.mean([ms(g[d, t], r[px]) for t in range(k)], 0), px)
     else:
         skip["ms_ssim_real"] = "no stored real films"
     if n >= 2:  # the reference for diversity: first films of two distinct reports
         put("diversity_distinct", ms(g[:, 0], g[metrics.derangement(n, seed), 0]))
     if k >= 2:
-        put("diversity", film_metrics.pairwise_ms_ssim(g))
+        put("diversity", film_metrics.pairwise_ms_ssim(g), range(n))
         res["diversity_source"] = f"all pairs of the {k} films of each report"
     elif diversity_films:
         sub = list(range(min(int(diversity_films), n)))
@@ -604,7 +638,7 @@ def _film_figures(
             two = gen.decode(np.stack([second.values[t] for t in second.ok]))
             first = pixels[[sub[t] for t in second.ok], 0]
             a, b = _same_channels(first, two)
-            put("diversity", ms(a, b))
+            put("diversity", ms(a, b), [sub[t] for t in second.ok])
             res["diversity_source"] = (
                 f"a second film (seed {seed + 2}) for {len(second.ok)} of the reports"
             )
@@ -692,6 +726,194 @@ def _jsonable(x: Any) -> Any:
 
 
 # --------------------------------------------------------------------------------------------
+# Per-item outputs: items.jsonl, items.csv and films/
+# --------------------------------------------------------------------------------------------
+
+TEXT_ITEM_COLUMNS = (*(f"bleu_{k}" for k in range(1, 5)), "rouge_l", "cider_d")
+FILM_ITEM_COLUMNS = (
+    "ms_ssim_real",
+    "ms_ssim_real_mismatched",
+    "diversity",
+    "recon_psnr",
+    "recon_ssim",
+)
+
+
+@dataclass
+class _ItemData:
+    """What `evaluate` keeps per test item for items.jsonl / items.csv (keys: item indices)."""
+
+    sampled: list[list[str] | None]  # the k sampled reports (None: generation failed)
+    greedy: list[str | None] | None  # None: no greedy reports
+    hypothesis_from: str  # which report the text metrics scored: "greedy" or "sampled_1"
+    hypothesis: dict[int, str]
+    text: dict[int, dict[str, float]]  # text_metrics per item
+    model: dict[int, dict[str, Any]]  # report_models per item (`model_scores`)
+    model_columns: list[str]  # the report_models keys that ran (radgraph_*, bertscore_*)
+    films: dict[int, list[str]] = field(default_factory=dict)  # paths under the output dir
+    film_values: dict[str, dict[int, float]] = field(default_factory=dict)
+
+    def put_films(self, key: str, rows: Sequence[int], values: Any) -> None:
+        """Per-item values of a film figure (`rows`: item indices, aligned with `values`)."""
+        col = self.film_values.setdefault(key, {})
+        for i, v in zip(rows, np.asarray(values, np.float64).tolist(), strict=True):
+            col[int(i)] = v
+
+
+def _model_columns(res: dict[str, Any]) -> list[str]:
+    """The per-item report_models keys of the metrics that ran (CheXbert's labels have their
+    own columns)."""
+    cols: list[str] = []
+    if "skipped" not in res.get("radgraph", {"skipped": ""}):
+        cols += [f"radgraph_{level}" for level in report_models.RADGRAPH_LEVELS]
+    if "skipped" not in res.get("bertscore", {"skipped": ""}):
+        cols += [f"bertscore_{k}" for k in ("precision", "recall", "f1")]
+    return cols
+
+
+def film_stems(ids: Sequence[str]) -> list[str]:
+    """File-name stems for items' films: the id with characters other than letters, digits,
+    '.', '_' and '-' replaced by '_' (ids may hold '/'), made unique by the item's position."""
+    seen: set[str] = set()
+    out = []
+    for i, rid in enumerate(ids):
+        stem = re.sub(r"[^A-Za-z0-9._-]", "_", str(rid)).lstrip(".") or "item"
+        while stem in seen:
+            stem = f"{stem}-{i}"
+        seen.add(stem)
+        out.append(stem)
+    return out
+
+
+def _save_films(
+    out: Path, ids: Sequence[str], pixels: np.ndarray, rows: Sequence[int]
+) -> dict[int, list[str]]:
+    """Write films [N, k, H, W, C] in [-1, 1] as `films/<id>_<t>.png` (t = 1..k; grey or RGB
+    as the VQ-GAN gives them); item index `rows[j]` -> its paths, relative to `out`."""
+    paths: dict[int, list[str]] = {}
+    for j, stem in enumerate(film_stems(ids)):
+        rel = [f"{FILMS_DIR}/{stem}_{t + 1}.png" for t in range(pixels.shape[1])]
+        for t, name in enumerate(rel):
+            image_io.save_png(pixels[j, t], out / name)
+        paths[int(rows[j])] = rel
+    return paths
+
+
+def _item_rows(
+    items: list[dict[str, Any]],
+    y_true: np.ndarray,
+    data: _ItemData,
+    uncertain_positive: bool,
+    chexbert: report_models.CheXbert | None,
+) -> list[dict[str, Any]]:
+    """One row per test item, every row with the same keys (see docs/evaluation.md)."""
+    k = max((len(s) for s in data.sampled if s), default=0)
+    m = max((len(p) for p in data.films.values()), default=0)
+    generated: list[dict[str, str | None]] = []
+    for i in range(len(items)):
+        g: dict[str, str | None] = {}
+        if data.greedy is not None:
+            g["greedy"] = data.greedy[i]
+        s = data.sampled[i] or []
+        g.update({f"sampled_{t + 1}": s[t] if t < len(s) else None for t in range(k)})
+        generated.append(g)
+    # labels per distinct text: our labeler (references: y_true, the tables' labels) and CheXbert
+    texts = list(dict.fromkeys(t for g in generated for t in g.values() if t is not None))
+    ours: dict[str, list[int]] = {}
+    if texts:
+        ours = dict(zip(texts, binary_labels(texts, uncertain_positive).tolist(), strict=True))
+    chex: dict[str, list[int]] = {}
+    if chexbert is not None:
+        for i, p in data.model.items():  # labelled already by report_models.score_reports
+            if "chexbert_reference" in p:
+                chex[items[i]["text"]] = p["chexbert_reference"]
+                chex[data.hypothesis[i]] = p["chexbert_generated"]
+        todo = [t for t in dict.fromkeys([*texts, *(it["text"] for it in items)]) if t not in chex]
+        if todo:
+            chex.update(zip(todo, chexbert.labels(todo).tolist(), strict=True))
+
+    def ours_of(t: str | None) -> dict[str, int] | None:
+        return None if t is None else dict(zip(metrics.PAPER_CLASSES, ours[t], strict=True))
+
+    def chex_of(t: str | None) -> dict[str, int] | None:
+        if t is None:
+            return None
+        return dict(zip(report_models.CHEXBERT_CLASSES, map(int, chex[t]), strict=True))
+
+    rows = []
+    for i, it in enumerate(items):
+        g = generated[i]
+        row: dict[str, Any] = {
+            "id": it["id"],
+            "reference": it["text"],
+            "hypothesis": data.hypothesis.get(i),
+            "hypothesis_from": data.hypothesis_from,
+            **g,
+        }
+        if m:
+            films = data.films.get(i, [])
+            row["prompt"] = it["text"]
+            row["img_savename"] = films[0] if films else None
+            row.update({f"film_{t + 1}": films[t] if t < len(films) else None for t in range(m)})
+        row.update({key: data.text.get(i, {}).get(key) for key in TEXT_ITEM_COLUMNS})
+        row.update({key: data.model.get(i, {}).get(key) for key in data.model_columns})
+        row["labels_reference"] = dict(zip(metrics.PAPER_CLASSES, y_true[i].tolist(), strict=True))
+        row.update({f"labels_{name}": ours_of(t) for name, t in g.items()})
+        if chexbert is not None:
+            row["chexbert_reference"] = chex_of(it["text"])
+            row.update({f"chexbert_{name}": chex_of(t) for name, t in g.items()})
+        films_of = {c: v for c, v in data.film_values.items() if c in FILM_ITEM_COLUMNS}
+        row.update({c: films_of[c].get(i) for c in FILM_ITEM_COLUMNS if c in films_of})
+        rows.append(row)
+    return rows
+
+
+def _finite(v: Any) -> Any:
+    """NaN and infinities as None (JSON has no NaN; an empty CSV cell)."""
+    return None if isinstance(v, float) and not math.isfinite(v) else v
+
+
+def _csv_cell(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, (dict, list)):
+        return json.dumps(v, ensure_ascii=False, default=_jsonable)
+    return repr(float(v)) if isinstance(v, float) else str(v)  # repr: exact; np.float64 too
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write under a temporary name, then rename: a reader never sees a half-written file."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_bytes(text.encode("utf-8"))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_items(out: str | os.PathLike, rows: list[dict[str, Any]]) -> None:
+    """`items.jsonl` (one JSON object per row) and `items.csv` (the same columns, in the first
+    row's key order; labels as JSON text, missing values empty) in `out`."""
+    out = Path(out)
+    rows = [{k: _finite(v) for k, v in row.items()} for row in rows]
+    columns = list(rows[0]) if rows else []
+    _write_atomic(
+        out / "items.jsonl",
+        "".join(json.dumps(r, ensure_ascii=False, default=_jsonable) + "\n" for r in rows),
+    )
+    buf = io.StringIO()
+    # CRLF rows (RFC 4180; the default): fields holding \r or \n are then quoted, which they
+    # are not with a "\n" terminator, and a generated report may hold either
+    writer = csv.DictWriter(buf, fieldnames=columns)
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: _csv_cell(v) for k, v in r.items()})
+    _write_atomic(out / "items.csv", buf.getvalue())
+    films = sum(1 for r in rows for c in r if c.startswith("film_") and r[c])
+    log.info("wrote %d items to %s (items.jsonl, items.csv; %d films)", len(rows), out, films)
+
+
+# --------------------------------------------------------------------------------------------
 # Reports of the results
 # --------------------------------------------------------------------------------------------
 
@@ -744,6 +966,7 @@ def markdown(results: dict[str, Any], title: str = "ours") -> str:
                 f"({c2r['greedy_count']} films)",
                 "",
             ]
+    lines += report_generation_table(results, title)
     lines += _text_lines(results.get("report_text"), markdown=True)
     lines += report_models.markdown_lines(results.get("report_models"))
     r2c = results.get("report_to_cxr") or {}
@@ -839,6 +1062,92 @@ def _text_lines(text: dict[str, Any] | None, markdown: bool = False) -> list[str
         "| " + " | ".join(f"{text[k]:.3f}" for k in keys) + " |",
         "",
     ]
+
+
+NOT_RUN = "—"  # a metric of ours that did not run, in the report-generation table
+
+
+def _ours_report_figures(
+    results: dict[str, Any],
+) -> tuple[dict[str, tuple[float, Any]], dict[str, str]]:
+    """Our figures for the report-generation table, as fractions: column key -> (value,
+    interval or None); and metric name -> why it was skipped."""
+    text = results.get("report_text") or {}
+    rm = results.get("report_models") or {}
+    got: dict[str, tuple[float, Any]] = {}
+    skipped: dict[str, str] = {}
+    for key, src in (("bleu_1", "bleu_1"), ("bleu_4", "bleu_4"), ("rouge_l", "rouge_l")):
+        if src in text:
+            got[key] = (text[src], None)
+    if "cider_d" in text:
+        got["cider"] = (text["cider_d"], None)
+    if not text:
+        skipped["BLEU, ROUGE-L, CIDEr"] = "no generated report"
+    parts = (
+        ("bertscore", "BERTScore", {"bertscore": "f1"}),
+        ("radgraph", "RadGraph F1", {"radgraph": "partial"}),
+        ("chexbert", "F1-CheXbert", {k: k for k in report_models.F1_KEYS}),
+    )
+    for name, title, keys in parts:
+        r = rm.get(name) or {"skipped": "no generated report"}
+        if "skipped" in r:
+            skipped[title] = r["skipped"]
+            continue
+        for key, src in keys.items():
+            if src in r:
+                got[key] = (r[src], r.get(f"{src}_ci95"))
+    return got, skipped
+
+
+def report_generation_table(results: dict[str, Any], title: str = "ours") -> list[str]:
+    """The report-generation table in the field's usual layout (`metrics.REPORT_TABLE_COLUMNS`,
+    in percent): our row with its intervals, then the figures others published
+    (`metrics.PUBLISHED_REPORT_ROWS`, empty where a paper does not report a metric); a metric of
+    ours that did not run shows as "—", with the reasons listed under the table."""
+    if not results.get("report_text") and not results.get("report_models"):
+        return []
+    got, skipped = _ours_report_figures(results)
+    cols = metrics.REPORT_TABLE_COLUMNS
+
+    def pct(value: float, ci: Any) -> str:
+        scaled = None if ci is None else [None if x is None else 100 * x for x in ci]
+        return metrics.fmt_ci(100 * value, scaled, "{:.1f}")
+
+    ours = [pct(*got[key]) if key in got else NOT_RUN for key, _ in cols]
+    lines = [
+        "### Report generation",
+        "",
+        "| Model | " + " | ".join(h for _, h in cols) + " |",
+        "|---|" + "---:|" * len(cols),
+        f"| {title} | " + " | ".join(ours) + " |",
+    ]
+    for row in metrics.PUBLISHED_REPORT_ROWS:
+        cells = [f"{row['figures'][key]:.1f}" if key in row["figures"] else "" for key, _ in cols]
+        name = f"{row['name']} ({metrics.PUBLISHED_REPORT_NOTE})"
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    rm = results.get("report_models") or {}
+    source = (results.get("report_text") or rm).get("source") or "generated"
+    bert, chex = rm.get("bertscore") or {}, rm.get("chexbert") or {}
+    how = f"Figures in percent. {title}: the {source} reports against the references, "
+    how += "value [95% interval]; BLEU, ROUGE-L and CIDEr (CIDEr-D) are corpus figures without "
+    how += "an interval; RadGraph F1 is its partial reward; BERTScore is F1"
+    if "layer" in bert:
+        how += f" (layer {bert['layer']}{', rescaled' if bert.get('rescaled') else ''})"
+    if "micro_f1_14" in chex:
+        how += "; CheXbert's uncertain labels counted as "
+        how += "positive" if chex.get("uncertain_positive") else "negative"
+    notes = [how + "."]
+    if skipped:
+        reasons = "; ".join(f"{name}: {why}" for name, why in skipped.items())
+        notes.append(f"{NOT_RUN}: not computed here. {reasons}.")
+    by_source: dict[str, list[str]] = {}
+    for row in metrics.PUBLISHED_REPORT_ROWS:
+        by_source.setdefault(row["source"], []).append(row["name"])
+    cited = "; ".join(f"{' / '.join(names)}: {src}" for src, names in by_source.items())
+    notes.append(f"Published rows (figures on MIMIC-CXR, not on the data evaluated here): {cited}.")
+    for note in notes:
+        lines += ["", note]
+    return [*lines, ""]
 
 
 FILM_ROWS = (

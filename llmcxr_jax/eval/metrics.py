@@ -14,7 +14,9 @@
 
 `PAPER_ROWS`, `PAPER_FID` and `PAPER_VQA` are the figures published in the LLM-CXR paper on
 MIMIC-CXR, kept so our tables can show them next to ours; they are not computed here, and our
-numbers on other data (e.g. phantoms) are not comparable to them.
+numbers on other data (e.g. phantoms) are not comparable to them. `PUBLISHED_REPORT_ROWS`: the
+report-generation figures (BLEU, ROUGE-L, RadGraph, F1-CheXbert) of other models, each with its
+source, for the "Report generation" table.
 """
 
 from __future__ import annotations
@@ -49,6 +51,59 @@ PAPER_ROWS: dict[str, dict[str, dict[str, float]]] = {
 # Published: report-to-CXR FID and VQA accuracy (fraction, 56.7%) of LLM-CXR on MIMIC-CXR.
 PAPER_FID: dict[str, float] = {"LLM-CXR": 20.22}
 PAPER_VQA: dict[str, float] = {"LLM-CXR": 0.567}
+
+# The report-generation table of results.md (`evaluate.report_generation_table`): its columns
+# (key, header) in the field's usual order, and figures other papers published on MIMIC-CXR
+# findings, in percent, stated once here with their source. A metric a paper does not report is
+# left out of its row (an empty cell). LLM-CXR itself published none of these metrics.
+REPORT_TABLE_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("bleu_1", "BLEU-1"),
+    ("bleu_4", "BLEU-4"),
+    ("rouge_l", "ROUGE-L"),
+    ("cider", "CIDEr"),
+    ("bertscore", "BERTScore"),
+    ("radgraph", "RadGraph F1"),
+    ("micro_f1_14", "F1-CheXbert micro-14"),
+    ("macro_f1_14", "F1-CheXbert macro-14"),
+    ("micro_f1_5", "F1-CheXbert micro-5"),
+    ("macro_f1_5", "F1-CheXbert macro-5"),
+)
+PUBLISHED_REPORT_ROWS: tuple[dict[str, Any], ...] = (
+    {
+        "name": "CheXagent",
+        "source": "CheXagent's README (findings generation, F1-CheXbert)",
+        "figures": {
+            "micro_f1_14": 58.0,
+            "macro_f1_14": 44.9,
+            "micro_f1_5": 62.5,
+            "macro_f1_5": 55.3,
+        },
+    },
+    {
+        "name": "MAIRA-2",
+        "source": "MAIRA-2 paper, read in a summary (secondary; check the paper)",
+        "figures": {"rouge_l": 38.4, "bleu_4": 23.4, "radgraph": 34.6},
+    },
+    *(
+        {
+            "name": f"{name}, third-party pipeline",
+            "source": (
+                "one third-party evaluation pipeline for all three models, read in a summary "
+                "(secondary; the summary says CheXbert micro / macro, placed here under the 14 "
+                "observations)"
+            ),
+            "figures": dict(
+                zip(("rouge_l", "micro_f1_14", "macro_f1_14", "radgraph"), figures, strict=True)
+            ),
+        }
+        for name, figures in (
+            ("MAIRA-2", (17.7, 52.1, 35.8, 12.9)),
+            ("CheXagent-2", (22.5, 54.5, 38.7, 20.1)),
+            ("LLaVA-Rad", (22.2, 53.3, 39.2, 16.8)),
+        )
+    ),
+)
+PUBLISHED_REPORT_NOTE = "published, MIMIC-CXR; not comparable with phantom figures"
 
 
 # --- AUROC ----------------------------------------------------------------------------------------
