@@ -119,10 +119,11 @@ def main() -> None:
 
 def _in_child_write(path: Path, layers: int) -> float:
     """Write the checkpoint in a process of its own (its memory is returned when it ends)."""
+    here = str(Path(__file__).parent)
     code = (
-        "import sys; sys.path.insert(0, %r); import load_3b; "
-        "print('SIZE', load_3b.write(__import__('pathlib').Path(%r), %d))"
-    ) % (str(Path(__file__).parent), str(path), layers)
+        f"import sys; sys.path.insert(0, {here!r}); import load_3b; "
+        f"print('SIZE', load_3b.write(__import__('pathlib').Path({str(path)!r}), {layers}))"
+    )
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float([x for x in p.stdout.splitlines() if x.startswith("SIZE ")][-1].split()[1])
 
