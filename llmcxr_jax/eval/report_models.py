@@ -53,10 +53,13 @@ from typing import Any
 
 import numpy as np
 
+from llmcxr_jax.data.labels import OBSERVATIONS
 from llmcxr_jax.errors import InputError, MissingInputError
 from llmcxr_jax.eval import metrics
 
-# CheXbert's observation order (its heads, f1chexbert's target_names)
+# CheXbert's observation order (its heads, f1chexbert's target_names): the label schema's 14
+# observations with "No Finding" moved from first to last
+CHEXBERT_CLASSES = (*OBSERVATIONS[1:], OBSERVATIONS[0])
 CHEXBERT_CLASSES = (
     "Enlarged Cardiomediastinum",
     "Cardiomegaly",
