@@ -11,8 +11,6 @@ from llmcxr_jax.errors import InputError
 from llmcxr_jax.generate import Generator
 from llmcxr_jax.models.gpt_neox import GPTNeoX, get_preset, params_of
 
-pytest.importorskip("torch")
-
 VOCAB = 300
 
 

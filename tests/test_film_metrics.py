@@ -5,12 +5,12 @@ against the PyTorch reference network of test_densenet.py)."""
 
 import numpy as np
 import pytest
+import pytorch_msssim  # the test extra's reference
+import torch
 
 from llmcxr_jax.eval import evaluate, film_metrics, metrics
 from llmcxr_jax.models.densenet import PRESETS
 
-torch = pytest.importorskip("torch")
-pytorch_msssim = pytest.importorskip("pytorch_msssim")
 F = torch.nn.functional
 
 

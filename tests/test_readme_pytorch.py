@@ -1,4 +1,4 @@
-"""README's "Use the weights in PyTorch": its bash and python blocks run as written.
+"""docs/pytorch.md ("Use the weights in PyTorch"): its bash and python blocks run as written.
 
 Tiny random stand-ins take the demo's places (`demo-out/stage2/model` with its tokenizer,
 `demo-out/vqgan/model`) in a temporary directory; the bash block runs there with the
@@ -61,8 +61,8 @@ print({MARK!r} + _json.dumps(dict(
 
 
 def readme_blocks() -> dict[str, str]:
-    text = (ROOT / "README.md").read_text()
-    assert text.count(f"\n{SECTION}\n") == 1, f"README has no single {SECTION!r} section"
+    text = "\n" + (ROOT / "docs" / "pytorch.md").read_text()
+    assert text.count(f"\n{SECTION}\n") == 1, f"docs/pytorch.md has no single {SECTION!r} section"
     section = text.split(f"\n{SECTION}\n", 1)[1].split("\n## ", 1)[0]
     blocks = re.findall(r"^```(\w+)\n(.*?)^```$", section, flags=re.M | re.S)
     langs = [lang for lang, _ in blocks]
