@@ -834,6 +834,15 @@ def _serve(args: argparse.Namespace) -> None:
     server.block()
 
 
+def _add_quantize(p: argparse.ArgumentParser) -> None:
+    """`--quantize`, for every command that runs the LM (generate, serve, evaluate)."""
+    p.add_argument(
+        "--quantize",
+        choices=["int8"],  # generate.QUANTIZE (not imported here: it starts JAX)
+        help="int8: run the LM on the CPU with int8 weights (PyTorch's fbgemm; needs torch)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="llmcxr-jax",
@@ -946,11 +955,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_plan, takes_overrides=True)
 
     p = sub.add_parser("generate", help="reports from CXRs, CXRs from reports, VQA answers")
-    p.add_argument(
-        "--quantize",
-        choices=["int8"],
-        help="int8: run the LM on the CPU with int8 weights (PyTorch's fbgemm; needs torch)",
-    )
+    _add_quantize(p)
     p.add_argument("task", choices=["report", "image", "vqa"])
     p.add_argument("--checkpoint", required=True, help="LM checkpoint (or training workdir)")
     p.add_argument("--vqgan", help="VQ-GAN checkpoint: needed for image files and PNG output")
@@ -977,11 +982,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_generate)
 
     p = sub.add_parser("serve", help="the three tasks in a browser (a Gradio app)")
-    p.add_argument(
-        "--quantize",
-        choices=["int8"],
-        help="int8: run the LM on the CPU with int8 weights (PyTorch's fbgemm; needs torch)",
-    )
+    _add_quantize(p)
     p.add_argument("--checkpoint", required=True, help="LM checkpoint (or training workdir)")
     p.add_argument("--vqgan", required=True, help="VQ-GAN checkpoint (or training workdir)")
     p.add_argument("--tokenizer", help="tokenizer dir (default: CHECKPOINT/tokenizer)")
@@ -998,11 +999,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_serve)
 
     p = sub.add_parser("evaluate", help="the paper's evaluation tables for a checkpoint")
-    p.add_argument(
-        "--quantize",
-        choices=["int8"],
-        help="int8: run the LM on the CPU with int8 weights (PyTorch's fbgemm; needs torch)",
-    )
+    _add_quantize(p)
     p.add_argument("--checkpoint", required=True, help="LM checkpoint (or training workdir)")
     p.add_argument("--vqgan", help="VQ-GAN checkpoint (report-to-CXR needs it)")
     p.add_argument("--classifier", help="CXR classifier checkpoint (report-to-CXR, FID)")
