@@ -293,6 +293,7 @@ def grow_cache(cache: KVCache, max_len: int) -> KVCache:
 def _generate(
     graphdef: nnx.GraphDef,
     state: nnx.State,
+    layers: tuple[dict[str, Array], ...] | None,
     tokens: Array,
     mask: Array,
     stop_tokens: Array,
@@ -307,7 +308,8 @@ def _generate(
     B, P = tokens.shape
     lo = 0 if vocab_range is None else vocab_range[0]
     model = nnx.merge(graphdef, state)
-    layers = model.unstack_layers()  # sliced once here, not at every step inside the loop
+    if layers is None:  # sliced once here, not at every step inside the loop
+        layers = model.unstack_layers()
     phases = cache_phases(P, max_new_tokens, cache_chunk)
     hidden, cache, positions = _prefill_hidden(model, tokens, mask, phases[0], pad_id, layers)
     logits = model.logits(hidden, vocab_range)
@@ -404,6 +406,7 @@ def generate(
     return _generate_jit(
         graphdef,
         state,
+        model.layer_views(),
         prompt_tokens,
         mask,
         stop_token_array(stop_tokens, B),
@@ -551,7 +554,9 @@ def _stream_tokens(
     vocab_range: tuple[int, int] | None,
 ) -> Iterator[int]:
     graphdef, state = nnx.split(model)
-    layers = _unstack_jit(graphdef, state)
+    layers = model.layer_views()
+    if layers is None:
+        layers = _unstack_jit(graphdef, state)
     tok, positions, cache = _stream_start_jit(
         graphdef,
         state,

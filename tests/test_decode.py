@@ -261,3 +261,43 @@ def test_bad_arguments_are_explained(hf_and_ours):
         generate(model, np.ones((2, 3), int), [[1, 1, 1], [0, 0, 0]], max_new_tokens=2)
     with pytest.raises(ValueError, match="prompt row 0 has 2 separate runs"):
         generate(model, np.ones((1, 4), int), [[1, 0, 1, 1]], max_new_tokens=2)
+
+
+def test_layer_views_alias_the_stacked_weights_and_decode_the_same(hf_and_ours):
+    """On one CPU device the decoding loop's per-layer buffers are the stacked weights
+    themselves (a 3B fp32 model must fit once, not twice), and the tokens equal those of
+    per-layer copies sliced inside the jitted loop."""
+    _, model = hf_and_ours
+    views = model.layer_views()
+    stacked = model.layers.attention.qkv_kernel[...]
+    layer_bytes = stacked[0].size * stacked.dtype.itemsize
+    for i, layer in enumerate(views):
+        offset = layer["qkv_kernel"].unsafe_buffer_pointer() - stacked.unsafe_buffer_pointer()
+        assert offset == i * layer_bytes
+        np.testing.assert_array_equal(layer["qkv_kernel"], stacked[i])
+    prompts = jnp.asarray(np.random.default_rng(3).integers(1, 211, (2, 7)))
+    sampler = Sampler(temperature=1.2, top_p=0.9)
+    graphdef, state = nnx.split(model)
+    args = (prompts, jnp.ones(prompts.shape, bool), decode.stop_token_array(None, 2))
+    allowed = decode.allowed_ids(211, model.config.padded_vocab_size, None, 2)
+    outs = [
+        decode._generate_jit(
+            graphdef,
+            state,
+            layers,
+            *args,
+            allowed,
+            jax.random.key(4),
+            sampler,
+            max_new_tokens=12,
+            pad_id=0,
+        ).tokens
+        for layers in (views, None)
+    ]
+    np.testing.assert_array_equal(outs[0], outs[1])
+    np.testing.assert_array_equal(
+        outs[0], generate(model, prompts, max_new_tokens=12, sampler=sampler, rng=4).tokens
+    )
+    under_trace = []
+    jax.eval_shape(lambda s: under_trace.append(nnx.merge(graphdef, s).layer_views()), state)
+    assert under_trace == [None]

@@ -448,6 +448,26 @@ class GPTNeoX(nnx.Module):
             jax.tree.map(lambda a, i=i: a[i], stacked) for i in range(self.config.num_layers)
         )
 
+    def layer_views(self) -> tuple[dict[str, Array], ...] | None:
+        """Each layer's parameters as views of the stacked buffers (no copy), or None.
+
+        Why: a decoding loop wants a buffer per layer (slicing the stack inside the loop copies
+        a layer per token), but `unstack_layers` holds every weight twice, which a 3B fp32 model
+        on a 23 GB machine cannot afford. With the weights whole on one CPU device, a slice of
+        the host buffer is handed back to XLA without a copy. None for sharded or accelerator
+        weights, or under a trace: the jitted caller then uses `unstack_layers`.
+        """
+        stacked = _layer_arrays(self.layers)
+        if not all(_on_one_cpu(a) for a in jax.tree.leaves(stacked)):
+            return None
+
+        def view(a: Array, i: int) -> Array:  # np.asarray aliases a CPU buffer, and so does put
+            return jax.device_put(np.asarray(a)[i], a.sharding)
+
+        return tuple(
+            jax.tree.map(lambda a, i=i: view(a, i), stacked) for i in range(self.config.num_layers)
+        )
+
     def logits(self, hidden: Array, vocab_slice: tuple[int, int] | None = None) -> Array:
         """fp32 logits of `hidden`; `vocab_slice=(lo, hi)` computes only columns lo..hi-1."""
         cfg = self.config
@@ -492,6 +512,16 @@ def _project(x: Array, w: Array, **kw: Any) -> Array:
 # --------------------------------------------------------------------------------------------
 # Pure layer math (shared by the scanned and the unrolled paths)
 # --------------------------------------------------------------------------------------------
+
+
+def _on_one_cpu(a: Any) -> bool:
+    """A concrete array held whole by one CPU device (its host buffer can be viewed)."""
+    return (
+        isinstance(a, jax.Array)
+        and not isinstance(a, jax.core.Tracer)
+        and len(a.sharding.device_set) == 1
+        and next(iter(a.sharding.device_set)).platform == "cpu"
+    )
 
 
 def _layer_arrays(layers: DecoderLayers) -> dict[str, Array]:
