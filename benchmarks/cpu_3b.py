@@ -54,7 +54,8 @@ def peak_rss_gb() -> float:
 
 def bandwidth_gbs() -> float:
     """Read bandwidth of this machine with every core reading (XLA and PyTorch decode on all of
-    them; one numpy thread reads ~40% less): the best of 5 threaded sums over a 2 GiB array."""
+    them; one numpy thread reads ~40% less): the median of 5 threaded sums over a 2 GiB array (the
+    best of them swings up to 1.7x between runs on a shared 2-core VM; the median much less)."""
     import threading
 
     x = np.ones(2**28, np.float64)  # 2 GiB
@@ -67,8 +68,8 @@ def bandwidth_gbs() -> float:
         for t in threads:
             t.join()
 
-    best = min(_timed(read_all) for _ in range(5))
-    return x.nbytes / best / 1e9
+    median = float(np.median([_timed(read_all) for _ in range(5)]))
+    return x.nbytes / median / 1e9
 
 
 def _timed(fn) -> float:
@@ -85,6 +86,34 @@ def _prompts(seed: int) -> tuple[np.ndarray, np.ndarray]:
     return report, film
 
 
+def xla_matvec_gbs(d: int = 2560, copies: int = 4) -> float:
+    """GB/s of one decoding layer's four fp32 products in XLA alone (QKV, attention out, MLP in
+    and out, through the model's own `_project` on [out, in] kernels), rotating `copies` layers
+    so none stays in cache: the ceiling an fp32 decode step in XLA can reach on this machine,
+    to set beside the raw read bandwidth."""
+    import jax
+    import jax.numpy as jnp
+
+    from llmcxr_jax.models.gpt_neox import _project
+
+    gen = np.random.default_rng(0)
+    shapes = [(3 * d, d), (d, d), (4 * d, d), (d, 4 * d)]
+    layers = [
+        [jnp.asarray(gen.standard_normal(s, np.float32)) for s in shapes] for _ in range(copies)
+    ]
+    step = jax.jit(lambda ws, x, xf: [_project(x if w.shape[1] == d else xf, w) for w in ws])
+    x, xf = jnp.ones((1, d), jnp.float32), jnp.ones((1, 4 * d), jnp.float32)
+    jax.block_until_ready(step(layers[0], x, xf))
+    reps = 10
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        for ws in layers:
+            y = step(ws, x, xf)
+    jax.block_until_ready(y)
+    nbytes = sum(a * b for a, b in shapes) * 4
+    return reps * copies * nbytes / (time.perf_counter() - t0) / 1e9
+
+
 def run_jax(tasks: list[str], seed: int, layers: int) -> dict:
     import jax
     import jax.numpy as jnp
@@ -93,6 +122,7 @@ def run_jax(tasks: list[str], seed: int, layers: int) -> dict:
     from llmcxr_jax.decode import Sampler, generate
     from llmcxr_jax.models.gpt_neox import GPTNeoX, get_preset
 
+    matvec_gbs = xla_matvec_gbs()
     t0 = time.perf_counter()
     cfg = get_preset("dolly-v2-3b", vocab_size=VOCAB, num_layers=layers)
     # shapes only, then N(0, 0.02) from numpy: JAX's threefry init of 2.8 B values takes minutes
@@ -107,6 +137,7 @@ def run_jax(tasks: list[str], seed: int, layers: int) -> dict:
     state = jax.tree.map(normal, state)
     model = nnx.merge(graphdef, state)
     out = {"params": model.config.num_params(), "build_s": time.perf_counter() - t0}
+    out["xla_matvec_gbs"] = matvec_gbs
     report, film = _prompts(seed)
     sampler = Sampler(top_p=TOP_P)
     vq, decode = _vqgan(seed)
@@ -328,11 +359,12 @@ def main() -> None:
         def floor_s(engine: str, task: str) -> float:
             """Seconds a token to read the weights it needs: every layer, one row of the input
             embedding, and the head's rows it computes (ours: only the 1,024 image rows for a
-            film), at the engine's bytes per weight."""
+            film), at the engine's bytes per weight, over the bandwidth measured just before
+            that engine ran (this machine's bandwidth moves with its neighbours)."""
             rows = IMAGE_HI - IMAGE_LO if task == "b" and engine in ("jax", "int8") else VOCAB
             layers = cfg.num_params() - 2 * cfg.padded_vocab_size * cfg.hidden_size
             n = layers + (rows + 1) * cfg.hidden_size
-            return n * BYTES_PER_WEIGHT.get(engine, 4) / (bw * 1e9)
+            return n * BYTES_PER_WEIGHT.get(engine, 4) / (bws[engine] * 1e9)
 
         print(
             f"{args.layers} layers, {cfg.num_params() / 1e9:.2f} B parameters; "
@@ -340,8 +372,10 @@ def main() -> None:
             f"{fp32_bytes / 1e9:.1f} GB, so the floor is {floor * 1e3:.0f} ms/token; "
             f"load average {os.getloadavg()[0]:.2f}\n"
         )
-        results = {}
+        results: dict = {}
+        bws: dict[str, float] = {}
         for engine in args.engines:
+            bws[engine] = bw if not bws else bandwidth_gbs()
             here = Path(__file__).resolve().parent
             env = dict(os.environ, PYTHONPATH=f"{here.parent}:{os.environ.get('PYTHONPATH', '')}")
             p = subprocess.run(
@@ -357,11 +391,12 @@ def main() -> None:
                 print(f"{engine}: failed (exit {p.returncode}): {p.stderr.strip()[-500:]}")
                 continue
             results[engine] = json.loads(line[-1][7:])
+            results[engine]["read_gbs"] = bws[engine]
         print(
             "| engine | task | s/sample | new tokens | tokens/s | prefill s | decode ms/token "
-            "| x its floor | first call s | peak RSS GB |"
+            "| read GB/s | x its floor | first call s | peak RSS GB |"
         )
-        print("|---" * 10 + "|")
+        print("|---" * 11 + "|")
         for engine, r in results.items():
             for t in args.tasks:
                 s, n = r[f"{t}_steady_s"], r[f"{t}_new_tokens"]
@@ -373,9 +408,16 @@ def main() -> None:
                 step = (s - pre - (vq or 0.0)) / max(n - 1, 1)  # the tokens after the first
                 print(
                     f"| {engine} | {t} | {s:.1f}{extra} | {n}{codes} | {n / s:.2f} | {pre:.1f} | "
-                    f"{step * 1e3:.0f} | {step / eng_floor:.2f} | "
+                    f"{step * 1e3:.0f} | {bws[engine]:.1f} | {step / eng_floor:.2f} | "
                     f"{r.get(f'{t}_first_s', float('nan')):.1f} | {r['peak_rss_gb']:.1f} |"
                 )
+        if "jax" in results:
+            mv = results["jax"]["xla_matvec_gbs"]
+            print(
+                f"\nOne layer's four fp32 products in XLA alone read "
+                f"{mv:.1f} GB/s here, {mv / bws['jax']:.2f}x the read bandwidth measured before "
+                f"the jax engine: the jax rows' ceiling is {bws['jax'] / mv:.2f}x their floor."
+            )
         print("\nraw: " + json.dumps(results))
 
 

@@ -116,6 +116,29 @@ class RowScaledLinear:
         return y if self.bias is None else y + self.bias
 
 
+def _release_freed_heap() -> None:
+    """Give the heap's freed pages back to the system (glibc's `malloc_trim`; elsewhere nothing).
+
+    Building quantises one weight after another; its fp32 and int8 temporaries of up to ~40 MB
+    sit under glibc's adaptive mmap threshold (32 MB), so they are freed into the heap, not
+    unmapped, and the resident size of a 3B build grew ~1.5x its int8 payload (measured: 3.7 GB
+    of layers for 2.5 GB of weights). Trimming after each Linear keeps it near the payload.
+    """
+    global _MALLOC_TRIM
+    if _MALLOC_TRIM is None:
+        try:
+            import ctypes
+
+            _MALLOC_TRIM = ctypes.CDLL(None).malloc_trim
+        except (OSError, AttributeError):  # not glibc
+            _MALLOC_TRIM = False
+    if _MALLOC_TRIM:
+        _MALLOC_TRIM(0)
+
+
+_MALLOC_TRIM: Any = None
+
+
 def _fp32_linear(w: np.ndarray, b: np.ndarray | None) -> Any:
     torch = _torch()
     lin = torch.nn.Linear(w.shape[1], w.shape[0], bias=b is not None)
@@ -225,6 +248,8 @@ class Int8GPTNeoX:
                 layer[base] = self._linear(w, b)
                 self._pending.pop((i, base + "_w"), None)
                 self._pending.pop((i, base + "_b"), None)
+                del w, b, t
+                _release_freed_heap()
         else:
             raise InputError(f"unexpected tensor {key}")
 
@@ -247,6 +272,7 @@ class Int8GPTNeoX:
         if missing or self._pending:
             raise InputError(f"incomplete GPT-NeoX weights: missing {', '.join(missing[:5])}")
         self.head(None)  # packed now, so the first generation does not pay for it
+        _release_freed_heap()
         rd = self.config.rotary_dim
         torch = _torch()
         self._inv_freq = 1.0 / (
