@@ -9,6 +9,7 @@ INSTALL_REQUIRES = [
     "flax>=0.12.8,<0.13",
     "optax>=0.2.8,<0.3",
     "orbax-checkpoint>=0.12.8,<0.13",
+    "tensorstore>=0.1.70,<0.2",  # Orbax's storage, read directly for one layer at a time
     "transformers>=5.24,<6",
     "tokenizers>=0.23,<0.24",
     "safetensors>=0.8,<0.9",

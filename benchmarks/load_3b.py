@@ -2,10 +2,11 @@
 
 A 3B model is 11.1 GB in fp32. Restoring it must not need twice that (a host copy of the whole
 tree, then a converted copy): `checkpoint.load_model` restores every array straight into its
-target dtype and placement, and `cpu_int8.Int8GPTNeoX.from_checkpoint` reads one parameter
-(all layers of it) at a time and quantises it before reading the next. Here a checkpoint of
-dolly-v2-3b's shapes with the 51,305-row vocabulary (random weights) is written once, then each
-way of loading it runs in its own process, which reports its peak resident memory and time.
+target dtype and placement, and `cpu_int8.Int8GPTNeoX.from_checkpoint` reads one layer of one
+parameter at a time (checkpoints store a chunk per layer) and quantises it before reading on.
+Here a checkpoint of dolly-v2-3b's shapes with the 51,305-row vocabulary (random weights) is
+written once, then each way of loading it runs in its own process, which reports its peak
+resident memory and time.
 
     python benchmarks/load_3b.py [--dir /tmp/llmcxr-3b] [--keep] [--layers 32]
 """

@@ -555,9 +555,10 @@ class Int8GPTNeoX:
 def _checkpoint_tensors(
     path: str | os.PathLike, config: GPTNeoXConfig
 ) -> Iterator[tuple[str, np.ndarray]]:
-    """(HF key, fp32 array) pairs of one of our checkpoints, restored one parameter at a time
-    (Orbax partial restore), so at most one parameter's fp32 copy is in memory beside the
-    int8 model."""
+    """(HF key, fp32 array) pairs of one of our checkpoints: a stacked parameter one layer at a
+    time where the checkpoint stores it so (`checkpoint.layer_chunked`), else one parameter at a
+    time (Orbax partial restore), so at most one layer's (or one parameter's) fp32 copy is in
+    memory beside the int8 model."""
     import jax
     import orbax.checkpoint as ocp
 
@@ -571,6 +572,16 @@ def _checkpoint_tensors(
     params_dir = Path(checkpoint.absolute(path)) / checkpoint.PARAMS_DIR
     with ocp.PyTreeCheckpointer() as ckptr:
         for rule in active_rules(config):
+            layers = checkpoint.read_layers(path, rule.path) if rule.per_layer else None
+            if layers is not None:  # one chunk per layer stored: read one layer at a time
+                for i, x in enumerate(layers):
+                    x = np.asarray(x, np.float32)
+                    yield (
+                        rule.key.format(i=i),
+                        np.ascontiguousarray(rule.transform.to_torch(x, config), np.float32),
+                    )
+                    x = None
+                continue
             leaf = nested_get(abstract, rule.path)
             item: dict = {}
             args: dict = {}

@@ -48,6 +48,18 @@ def test_restores_straight_into_mesh_shardings(saved):
     np.testing.assert_array_equal(np.asarray(w), np.asarray(model.layers.mlp.in_kernel[...]))
 
 
+def test_stacked_layers_are_stored_and_read_one_at_a_time(saved):
+    model, path = saved
+    stack = np.asarray(model.layers.mlp.in_kernel[...])
+    layers = checkpoint.read_layers(path, ("layers", "mlp", "in_kernel"))
+    assert layers is not None  # one chunk per layer (`layer_chunked`)
+    got = list(layers)
+    assert len(got) == stack.shape[0] == model.config.num_layers
+    for i, x in enumerate(got):
+        np.testing.assert_array_equal(x, stack[i])
+    assert checkpoint.read_layers(path, ("embed_in",)) is None  # not a layer stack
+
+
 def test_truncated_parameter_file_is_named(saved):
     _, path = saved
     data_files = sorted(

@@ -134,6 +134,43 @@ def test_checkpoint_and_hf_directory_load_the_same_model(model, int8, tmp_path):
         np.testing.assert_array_equal(loaded.prefill_logits(toks, mask)[:, :VOCAB], want)
 
 
+def test_checkpoint_is_read_one_layer_at_a_time_and_older_ones_whole(
+    model, int8, tmp_path, monkeypatch
+):
+    """New checkpoints store a chunk per layer and the int8 load reads them layer by layer;
+    one written with Orbax's default chunks (no `layer_chunked`) is read a leaf at a time; both
+    give the model built from memory."""
+    read = []
+    real_read_layers = checkpoint.read_layers
+
+    def counting(path, key_path):
+        layers = real_read_layers(path, key_path)
+        read.append(layers is not None)
+        return layers
+
+    monkeypatch.setattr(checkpoint, "read_layers", counting)
+    checkpoint.save_model(tmp_path / "chunked", model)
+    monkeypatch.setattr(checkpoint, "layer_chunked", lambda params: None)
+    checkpoint.save_model(tmp_path / "whole", model)
+    toks, mask = _batch(6)
+    want = int8.prefill_logits(toks, mask)
+    for name, per_layer in (("chunked", True), ("whole", False)):
+        read.clear()
+        got = cpu_int8.load(tmp_path / name).prefill_logits(toks, mask)
+        np.testing.assert_array_equal(got, want)
+        assert read and all(r is per_layer for r in read), (name, read)
+
+
+def test_damaged_checkpoint_is_one_line_naming_it(model, tmp_path):
+    checkpoint.save_model(tmp_path / "ckpt", model)
+    for f in (tmp_path / "ckpt" / "params").rglob("*"):
+        if f.is_file() and f.stat().st_size > 1000:
+            f.write_bytes(f.read_bytes()[: f.stat().st_size // 3])
+    with pytest.raises(checkpoint.CheckpointError, match=str(tmp_path / "ckpt")) as e:
+        cpu_int8.load(tmp_path / "ckpt")
+    assert len(str(e.value).splitlines()) == 1 and "tensorstore" not in str(e.value).lower()
+
+
 def test_incomplete_weights_are_one_clear_error(model):
     from llmcxr_jax.convert.hf_gpt_neox import hf_tensors
 
