@@ -25,6 +25,7 @@ rounding changes the argmax (measured in docs/performance.md).
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import warnings
@@ -116,6 +117,17 @@ class RowScaledLinear:
         return y if self.bias is None else y + self.bias
 
 
+@functools.cache
+def _malloc_trim() -> Any:
+    """glibc's `malloc_trim`, or None where the C library has none."""
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
 def _release_freed_heap() -> None:
     """Give the heap's freed pages back to the system (glibc's `malloc_trim`; elsewhere nothing).
 
@@ -124,19 +136,9 @@ def _release_freed_heap() -> None:
     unmapped, and the resident size of a 3B build grew ~1.5x its int8 payload (measured: 3.7 GB
     of layers for 2.5 GB of weights). Trimming after each Linear keeps it near the payload.
     """
-    global _MALLOC_TRIM
-    if _MALLOC_TRIM is None:
-        try:
-            import ctypes
-
-            _MALLOC_TRIM = ctypes.CDLL(None).malloc_trim
-        except (OSError, AttributeError):  # not glibc
-            _MALLOC_TRIM = False
-    if _MALLOC_TRIM:
-        _MALLOC_TRIM(0)
-
-
-_MALLOC_TRIM: Any = None
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def _fp32_linear(w: np.ndarray, b: np.ndarray | None) -> Any:
@@ -570,41 +572,36 @@ def _checkpoint_tensors(
 
     abstract = common.variables_of(common.abstract(GPTNeoX, config))
     params_dir = Path(checkpoint.absolute(path)) / checkpoint.PARAMS_DIR
+
+    def restore_whole(ckptr: Any, key_path: tuple) -> np.ndarray:
+        """One parameter (all layers of it) straight into host memory, as fp32 numpy."""
+        leaf = nested_get(abstract, key_path)
+        item: dict = {}
+        args: dict = {}
+        nested_set(item, key_path, jax.ShapeDtypeStruct(leaf.shape, leaf.dtype))
+        nested_set(args, key_path, ocp.RestoreArgs(restore_type=np.ndarray, dtype=np.float32))
+        try:
+            got = ckptr.restore(
+                params_dir,
+                args=ocp.args.PyTreeRestore(item=item, restore_args=args, partial_restore=True),
+            )
+        except Exception as e:
+            raise checkpoint.read_error(params_dir, e) from e
+        return np.asarray(nested_get(got, key_path))
+
     with ocp.PyTreeCheckpointer() as ckptr:
         for rule in active_rules(config):
+            # a stacked parameter stored one chunk per layer is read a layer at a time
             layers = checkpoint.read_layers(path, rule.path) if rule.per_layer else None
-            if layers is not None:  # one chunk per layer stored: read one layer at a time
-                for i, x in enumerate(layers):
-                    x = np.asarray(x, np.float32)
-                    yield (
-                        rule.key.format(i=i),
-                        np.ascontiguousarray(rule.transform.to_torch(x, config), np.float32),
-                    )
-                    x = None
-                continue
-            leaf = nested_get(abstract, rule.path)
-            item: dict = {}
-            args: dict = {}
-            # straight into host memory (a numpy array, no device copy beside it)
-            nested_set(item, rule.path, jax.ShapeDtypeStruct(leaf.shape, leaf.dtype))
-            nested_set(args, rule.path, ocp.RestoreArgs(restore_type=np.ndarray, dtype=np.float32))
-            try:
-                got = ckptr.restore(
-                    params_dir,
-                    args=ocp.args.PyTreeRestore(item=item, restore_args=args, partial_restore=True),
-                )
-            except Exception as e:
-                raise checkpoint.read_error(params_dir, e) from e
-            ours = np.asarray(nested_get(got, rule.path))
-            del got
-            items = (
-                [(rule.key.format(i=i), ours[i]) for i in range(ours.shape[0])]
-                if rule.per_layer
-                else [(rule.key, ours)]
-            )
+            whole = None if layers is not None else restore_whole(ckptr, rule.path)
+            if rule.per_layer:
+                items = ((rule.key.format(i=i), x) for i, x in enumerate(layers or iter(whole)))
+            else:
+                items = iter([(rule.key, whole)])
             for key, x in items:
+                x = np.asarray(x, np.float32)
                 yield key, np.ascontiguousarray(rule.transform.to_torch(x, config), np.float32)
-            ours = items = x = None  # before the next parameter is read: one in memory at a time
+            whole = layers = items = x = None  # before the next is read: one in memory at a time
 
 
 def _seed_of(rng: Any) -> int:
