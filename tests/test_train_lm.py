@@ -286,3 +286,32 @@ def test_build_model_initialises_image_rows_from_the_vqgan_codebook(tmp_path, li
     other = MultimodalTokenizer.train_bpe(texts, vocab_size=300, num_image_codes=256)
     with pytest.raises(ValueError, match="codebook has 64 entries but the tokenizer has 256"):
         build(*with_vq, tok=other)
+
+
+def test_every_host_takes_both_tokenizer_barriers_when_the_file_appears_meanwhile(
+    data_dir, tmp_path, monkeypatch
+):
+    """The race CI hit on 2 hosts: the primary wrote the tokenizer between another host's
+    first barrier and its look, that host returned early, skipped the second barrier, and the
+    hosts' collectives fell out of step. Here the first barrier itself writes the file (as a
+    faster primary would); the barriers taken must be the same as when nobody writes."""
+    config = _config(data_dir)
+    records = lm.open_records(config.data, config.data.split)
+    made = lm.load_tokenizer(config, records, tmp_path / "primary", config.data.num_image_codes)
+
+    taken: list[str] = []
+
+    def barrier(name):
+        taken.append(name)
+        if name == "llmcxr_tokenizer_looked":  # the primary finishes first and writes its file
+            made.save(tmp_path / "other" / "tokenizer")
+
+    monkeypatch.setattr(lm.distributed, "barrier", barrier)
+    lm.load_tokenizer(config, records, tmp_path / "other", config.data.num_image_codes)
+    assert taken == ["llmcxr_tokenizer_looked", "llmcxr_tokenizer_saved"]
+    # and a resumed run (file there before anyone looks) takes the first barrier only, on every host
+    taken.clear()
+    monkeypatch.setattr(lm.distributed, "barrier", taken.append)
+    again = lm.load_tokenizer(config, records, tmp_path / "other", config.data.num_image_codes)
+    assert taken == ["llmcxr_tokenizer_looked"]
+    assert again.num_image_codes == made.num_image_codes

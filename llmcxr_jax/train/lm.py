@@ -63,8 +63,11 @@ def load_tokenizer(
 ) -> MultimodalTokenizer:
     """The configured tokenizer, or a BPE trained on the data's text (kept in the workdir)."""
     saved = workdir / "tokenizer"
-    distributed.barrier("llmcxr_tokenizer_looked")  # no host reads one another is writing
-    if (saved / "tokenizer.json").exists():
+    # Every host looks before the barrier, so none can see the file the primary writes below
+    # and skip the barrier after it (the hosts would then disagree on every later collective).
+    found = (saved / "tokenizer.json").exists()
+    distributed.barrier("llmcxr_tokenizer_looked")
+    if found:
         return MultimodalTokenizer.from_pretrained(saved)
     t = config.tokenizer
     if t.get("path"):
