@@ -90,6 +90,15 @@ class QuantizedRows:
             lin.set_weight_bias(qw, None)
         return RowScaledLinear(lin, bias)
 
+    @classmethod
+    def stacked(cls, parts: Sequence[QuantizedRows]) -> QuantizedRows:
+        """The rows of `parts` one under another (per-row scales: nothing is requantised)."""
+        torch = _torch()
+        out = cls.__new__(cls)
+        out.q = torch.cat([p.q for p in parts])
+        out.scale = torch.cat([p.scale for p in parts])
+        return out
+
     def dequantized(self) -> np.ndarray:
         return (self.q.numpy().astype(np.float32) * self.scale.numpy()[:, None]).astype(np.float32)
 
@@ -141,6 +150,15 @@ def _release_freed_heap() -> None:
         trim(0)
 
 
+# With a parallel residual (GPT-NeoX, dolly), QKV and the MLP's input read the same x through
+# two layer norms. Folding each norm's gain and bias into its projection (W diag(g), W b + c)
+# makes both read the same normalised x, so one int8 Linear of 3D + F rows serves both: on
+# fbgemm at dolly-v2-3b's shapes the fused 17920x2560 product takes 1.24-1.30 ms against
+# 1.64-1.81 ms for the 7680- and 10240-row ones (benchmarks/results/cpu_3b.md), ~14 ms of a
+# decoded token's ~125 over 32 layers. The projection each norm is folded into:
+_FOLDED_NORM = {"qkv": "ln1", "in": "ln2"}
+
+
 def _fp32_linear(w: np.ndarray, b: np.ndarray | None) -> Any:
     torch = _torch()
     lin = torch.nn.Linear(w.shape[1], w.shape[0], bias=b is not None)
@@ -172,6 +190,7 @@ class Int8GPTNeoX:
         self._head_fp32: np.ndarray | None = None
         self._heads: dict[tuple[int, int], Any] = {}
         self._pending: dict[tuple[int, str], np.ndarray] = {}
+        self._folded: dict[tuple[int, str], tuple[QuantizedRows, np.ndarray]] = {}
 
     # -- building ----------------------------------------------------------------------------
 
@@ -213,6 +232,7 @@ class Int8GPTNeoX:
         config = read_hf_config(hf_dir)
         files = TensorFiles(hf_dir)
         keys = [k for k in files.names() if not IGNORED_KEYS.search(k)]
+        keys.sort(key=lambda k: "layernorm" not in k)  # norms first: folded as weights come
         return cls.from_tensors(config, ((k, files.get(k)) for k in keys), quantize)
 
     def _linear(self, w: np.ndarray, b: np.ndarray | None) -> Any:
@@ -239,30 +259,60 @@ class Int8GPTNeoX:
             if name not in _LAYER_KEYS:
                 raise InputError(f"unexpected tensor {key}")
             i, short = int(i_str), _LAYER_KEYS[name]
-            layer = self.layers[i]
             if short.startswith("ln"):
-                layer[short] = torch.from_numpy(t.copy())
-                return
-            base = short.rsplit("_", 1)[0]
-            self._pending[(i, short)] = t
-            w, b = self._pending.get((i, base + "_w")), self._pending.get((i, base + "_b"))
-            if w is not None and (b is not None or not self._has_bias(base)):
-                layer[base] = self._linear(w, b)
-                self._pending.pop((i, base + "_w"), None)
-                self._pending.pop((i, base + "_b"), None)
-                del w, b, t
-                _release_freed_heap()
+                self.layers[i][short] = torch.from_numpy(t.copy())
+            else:
+                self._pending[(i, short)] = t
+            del t
+            self._build_ready(i)
         else:
             raise InputError(f"unexpected tensor {key}")
+
+    @property
+    def fuses_inputs(self) -> bool:
+        """Whether QKV and the MLP's input are one int8 Linear over the normalised x, their
+        norms folded in (`_FOLDED_NORM`): int8 with a parallel residual."""
+        return self.quantize and self.config.use_parallel_residual
+
+    def _build_ready(self, i: int) -> None:
+        """Quantise each Linear of layer `i` whose tensors are all in (a folded one also waits
+        for its norm), as soon as they are, so its fp32 copy is dropped at once."""
+        torch = _torch()
+        layer = self.layers[i]
+        for base in ("qkv", "out", "in", "mlp_out"):
+            w, b = self._pending.get((i, base + "_w")), self._pending.get((i, base + "_b"))
+            if w is None or (b is None and self._has_bias(base)):
+                continue
+            norm = _FOLDED_NORM.get(base) if self.fuses_inputs else None
+            if norm is None:
+                layer[base] = self._linear(w, b)
+            elif norm + "_w" in layer and norm + "_b" in layer:
+                gain, shift = layer[norm + "_w"].numpy(), layer[norm + "_b"].numpy()
+                bias = w @ shift if b is None else w @ shift + b
+                self._folded[(i, base)] = (QuantizedRows(w * gain), bias.astype(np.float32))
+            else:
+                continue
+            del self._pending[(i, base + "_w")], w, b
+            self._pending.pop((i, base + "_b"), None)
+            _release_freed_heap()
+        if (i, "qkv") in self._folded and (i, "in") in self._folded:
+            (q_qkv, b_qkv), (q_in, b_in) = self._folded.pop((i, "qkv")), self._folded.pop((i, "in"))
+            bias = torch.from_numpy(np.concatenate([b_qkv, b_in]))
+            layer["qkv_in"] = QuantizedRows.stacked([q_qkv, q_in]).linear(bias)
+            del q_qkv, q_in
+            _release_freed_heap()
 
     def _has_bias(self, base: str) -> bool:
         return base in ("in", "mlp_out") or self.config.attention_bias
 
     def _finish(self) -> None:
+        linears = (
+            ("qkv_in", "out", "mlp_out") if self.fuses_inputs else ("qkv", "out", "in", "mlp_out")
+        )
         missing = [
             f"layer {i} {name}"
             for i, layer in enumerate(self.layers)
-            for name in ("ln1_w", "ln1_b", "ln2_w", "ln2_b", "qkv", "out", "in", "mlp_out")
+            for name in ("ln1_w", "ln1_b", "ln2_w", "ln2_b", *linears)
             if name not in layer
         ]
         if self.embed_in is None:
@@ -271,7 +321,7 @@ class Int8GPTNeoX:
             missing.append("embed_out")
         if set(self.final_ln) != {"weight", "bias"}:
             missing.append("final_layer_norm")
-        if missing or self._pending:
+        if missing or self._pending or self._folded:
             raise InputError(f"incomplete GPT-NeoX weights: missing {', '.join(missing[:5])}")
         self.head(None)  # packed now, so the first generation does not pay for it
         _release_freed_heap()
@@ -324,8 +374,14 @@ class Int8GPTNeoX:
         c = self.config
         B, T, _ = x.shape
         H, hd = c.num_heads, c.head_dim
-        h = F.layer_norm(x, (c.hidden_size,), p["ln1_w"], p["ln1_b"], c.layer_norm_eps)
-        qkv = p["qkv"](h).view(B, T, H, 3, hd).transpose(1, 2)  # [B, H, T, 3, hd]
+        D, eps = c.hidden_size, c.layer_norm_eps
+        if "qkv_in" in p:  # QKV and the MLP's input in one product, the norms folded in
+            qkv, up = p["qkv_in"](F.layer_norm(x, (D,), None, None, eps)).split(
+                [3 * H * hd, c.intermediate_size], dim=-1
+            )
+        else:
+            qkv, up = p["qkv"](F.layer_norm(x, (D,), p["ln1_w"], p["ln1_b"], eps)), None
+        qkv = qkv.reshape(B, T, H, 3, hd).transpose(1, 2)  # [B, H, T, 3, hd]
         qk = self._rotate(qkv[..., :2, :], cos[..., None, :], sin[..., None, :])  # together
         q, k = qk[..., 0, :], qk[..., 1, :]
         cache[0][:, :, at : at + T] = k
@@ -334,14 +390,14 @@ class Int8GPTNeoX:
         attn = F.scaled_dot_product_attention(q, cache[0][:, :, :S], cache[1][:, :, :S], mask)
         attn = p["out"](attn.transpose(1, 2).reshape(B, T, H * hd))
 
-        def mlp(y: Any) -> Any:
-            y = F.layer_norm(y, (c.hidden_size,), p["ln2_w"], p["ln2_b"], c.layer_norm_eps)
-            y = p["in"](y)
-            y = F.gelu(y, approximate="none" if c.hidden_act == "gelu" else "tanh")
-            return p["mlp_out"](y)
+        def mlp(y: Any, up: Any = None) -> Any:
+            if up is None:
+                up = p["in"](F.layer_norm(y, (D,), p["ln2_w"], p["ln2_b"], eps))
+            up = F.gelu(up, approximate="none" if c.hidden_act == "gelu" else "tanh")
+            return p["mlp_out"](up)
 
         if c.use_parallel_residual:
-            return x + attn + mlp(x)
+            return x + attn + mlp(x, up)
         x = x + attn
         return x + mlp(x)
 
@@ -621,9 +677,10 @@ def _pick(logits: Any, allowed: Any, sampler: Any, gen: Any) -> Any:
     """Next ids [B] from fp32 logits [B, V], as `decode.sample_logits` picks them.
 
     The nucleus is the smallest set of most likely ids whose probability reaches top_p (the
-    most likely id always kept). A full sort of 51k logits costs ~5 ms a token on a CPU, so it
-    is searched among the top `NUCLEUS_CANDIDATES` ids first and the whole vocabulary sorted
-    only when their mass falls short; the pick inside it is by inverse CDF (one uniform draw).
+    most likely id always kept). A full sort of 51k logits costs ~4 ms a token on a CPU, so it
+    is searched among the top `NUCLEUS_CANDIDATES` ids first, and the whole vocabulary only
+    when their mass falls short (`_wide_nucleus`); the pick inside it is by inverse CDF (one
+    uniform draw).
     """
     torch = _torch()
     logits = logits.float().masked_fill(~allowed, -math.inf)
@@ -643,8 +700,9 @@ def _pick(logits: Any, allowed: Any, sampler: Any, gen: Any) -> Any:
             k = min(NUCLEUS_CANDIDATES, row.shape[0])
             vals, idx = torch.topk(row, k)
             if float(vals.sum()) < top_p and k < row.shape[0]:
-                vals, idx = torch.sort(row, descending=True)
-            keep = max(int(((vals.cumsum(0) - vals) < top_p).sum()), 1)
+                vals, idx, keep = _wide_nucleus(row.numpy(), top_p), None, row.shape[0]
+            else:
+                keep = max(int(((vals.cumsum(0) - vals) < top_p).sum()), 1)
         cum = vals[:keep].cumsum(0)
         u = torch.rand((), generator=gen, dtype=torch.float64) * float(cum[-1])
         j = min(int(torch.searchsorted(cum, u.to(cum.dtype), right=True)), keep - 1)
@@ -652,6 +710,22 @@ def _pick(logits: Any, allowed: Any, sampler: Any, gen: Any) -> Any:
             j -= 1
         out[b] = j if idx is None else idx[j]
     return out
+
+
+def _wide_nucleus(probs: np.ndarray, top_p: float) -> Any:
+    """`probs` [V] with every id outside the nucleus zeroed: a nucleus wider than the top
+    candidates (a flat distribution: high temperature, an untrained model).
+
+    Only the values need sorting to find the least likely id kept, and numpy sorts them 3.5x
+    faster than `torch.sort` sorts values and ids (1.1 against 3.7 ms for 51k here); the
+    nucleus is then every id at least that likely (ties at the edge all kept), and the pick
+    runs over it in id order, which draws from the same distribution.
+    """
+    torch = _torch()
+    desc = np.sort(probs)[::-1]
+    before = np.cumsum(desc, dtype=np.float64) - desc
+    keep = max(int((before < top_p).sum()), 1)
+    return torch.from_numpy(np.where(probs >= desc[keep - 1], probs, np.float32(0)))
 
 
 def load(path: str | os.PathLike, quantize: bool = True) -> Int8GPTNeoX:

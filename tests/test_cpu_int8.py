@@ -96,6 +96,63 @@ def test_int8_logits_close_to_fp32(model, int8):
     assert int8.weight_bytes() * 4 == cpu_int8.Int8GPTNeoX(model.config, False).weight_bytes()
 
 
+def _trained_looking_tensors(model):
+    """The model's HF tensors with the layer norms' gains and biases made non-trivial (as
+    trained ones are): a fresh model's 1 and 0 would make folding them a no-op."""
+    from llmcxr_jax.convert.hf_gpt_neox import hf_tensors
+
+    rng = np.random.default_rng(7)
+    out = []
+    for key, t in hf_tensors(model.config, params_of(model)):
+        if "layernorm.weight" in key:
+            t = rng.uniform(0.3, 2.0, t.shape).astype(np.float32)
+        elif "layernorm.bias" in key:
+            t = rng.normal(0, 0.2, t.shape).astype(np.float32)
+        out.append((key, t))
+    return out
+
+
+def test_norms_folded_into_one_input_linear_keep_int8_as_close(model, monkeypatch):
+    tensors = _trained_looking_tensors(model)
+    cfg = model.config
+    ref = cpu_int8.Int8GPTNeoX.from_tensors(cfg, tensors, quantize=False)
+    fused = cpu_int8.Int8GPTNeoX.from_tensors(cfg, tensors)
+    # weights before their norms (an HF file in any order): the same model
+    late = sorted(tensors, key=lambda kt: "layernorm" in kt[0])
+    fused_late = cpu_int8.Int8GPTNeoX.from_tensors(cfg, late)
+    monkeypatch.setattr(cpu_int8.Int8GPTNeoX, "fuses_inputs", property(lambda self: False))
+    separate = cpu_int8.Int8GPTNeoX.from_tensors(cfg, tensors)
+    assert all("qkv_in" in p and "qkv" not in p for p in fused.layers)
+    assert all("qkv" in p and "in" in p for p in separate.layers)
+
+    toks, mask = _batch(4)
+    want = ref.prefill_logits(toks, mask)[:, :VOCAB]
+    got = fused.prefill_logits(toks, mask)[:, :VOCAB]
+    np.testing.assert_array_equal(fused_late.prefill_logits(toks, mask)[:, :VOCAB], got)
+    rel_fused = np.abs(got - want).max() / np.abs(want).max()
+    rel_sep = np.abs(separate.prefill_logits(toks, mask)[:, :VOCAB] - want).max()
+    rel_sep /= np.abs(want).max()
+    assert 0 < rel_fused < 0.1 and rel_fused < 2 * rel_sep, (rel_fused, rel_sep)
+    # greedy decoding through the fused layers' cache picks what one long prefill ranks top
+    # (up to int8's per-call activation rounding: a near-tie may swap, never a far one)
+    steps = fused.generate(toks, mask, max_new_tokens=6)
+    for row in range(toks.shape[0]):
+        seq = np.concatenate([toks[row][mask[row]], steps.tokens[row, :5]])[None]
+        logits = fused.prefill_logits(seq)[0, :VOCAB]
+        assert logits[steps.tokens[row, 5]] >= logits.max() - 0.02 * np.abs(logits).max()
+
+
+def test_without_a_parallel_residual_nothing_is_folded():
+    cfg = get_preset("tiny", vocab_size=VOCAB, use_parallel_residual=False)
+    seq = GPTNeoX(cfg, rngs=nnx.Rngs(1))
+    int8 = cpu_int8.Int8GPTNeoX.from_model(seq)
+    assert not int8.fuses_inputs and all("qkv" in p and "in" in p for p in int8.layers)
+    toks, mask = _batch(5)
+    ref = np.asarray(decode.prefill(seq, toks, mask, cache_len=12, pad_id=0)[0])[:, :VOCAB]
+    got = int8.prefill_logits(toks, mask)[:, :VOCAB]
+    assert np.abs(got - ref).max() < 0.1 * np.abs(ref).max()
+
+
 def test_sampling_follows_the_sampler(int8):
     toks, mask = _batch(3)
     greedy = int8.generate(toks, mask, max_new_tokens=10)
@@ -219,18 +276,24 @@ def test_generator_runs_every_task_on_the_int8_model(tmp_path):
         Generator.load(tmp_path / "lm", tmp_path / "vq", quantize="int4")
 
 
-def test_nucleus_samples_in_proportion():
-    """The pick inside the nucleus follows the renormalised probabilities (20,000 draws)."""
+@pytest.mark.parametrize("candidates", [256, 2])  # 2: the wider nuclei are sought whole
+def test_nucleus_samples_in_proportion(candidates, monkeypatch):
+    """The pick inside the nucleus follows the renormalised probabilities (20,000 draws), also
+    when the nucleus is wider than the top candidates and the ids are not in sorted order."""
     import torch
 
-    logits = torch.tensor([[2.0, 1.0, 0.5, 0.0, -1.0]])
+    monkeypatch.setattr(cpu_int8, "NUCLEUS_CANDIDATES", candidates)
+    order = np.array([3, 0, 4, 1, 2])  # id order[i] is the i-th most likely
+    by_rank = np.array([2.0, 1.0, 0.5, 0.0, -1.0])
+    logits = torch.zeros(1, 5)
+    logits[0, order] = torch.from_numpy(by_rank).float()
     allowed = torch.ones_like(logits, dtype=torch.bool)
     gen = torch.Generator().manual_seed(0)
-    p = np.exp(logits.numpy()[0]) / np.exp(logits.numpy()[0]).sum()  # sorted already
+    p = np.exp(by_rank) / np.exp(by_rank).sum()
     for top_p in (0.6, 0.9, 1.0):
         keep = int(((np.cumsum(p) - p) < top_p).sum())
         want = np.zeros(5)
-        want[:keep] = p[:keep] / p[:keep].sum()
+        want[order[:keep]] = p[:keep] / p[:keep].sum()
         sampler = decode.Sampler(top_p=top_p)
         draws = [int(cpu_int8._pick(logits, allowed, sampler, gen)) for _ in range(20000)]
         got = np.bincount(draws, minlength=5) / len(draws)
