@@ -120,10 +120,10 @@ class RowScaledLinear:
     def __call__(self, x: Any) -> Any:
         if x.numel() == x.shape[-1]:  # one row (a decoding step): its own scale already
             y = self.lin(x)
-            return y if self.bias is None else y + self.bias
+            return y if self.bias is None else y.add_(self.bias)
         s = x.abs().amax(-1, keepdim=True).clamp_min(1e-30)
-        y = self.lin(x / s) * s
-        return y if self.bias is None else y + self.bias
+        y = self.lin(x / s)  # a fresh tensor: scaled back (and biased) in one pass over it
+        return y.mul_(s) if self.bias is None else _torch().addcmul(self.bias, y, s)
 
 
 @functools.cache
