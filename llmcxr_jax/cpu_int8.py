@@ -387,7 +387,11 @@ class Int8GPTNeoX:
         cache[0][:, :, at : at + T] = k
         cache[1][:, :, at : at + T] = qkv[..., 2, :]
         S = at + T
-        attn = F.scaled_dot_product_attention(q, cache[0][:, :, :S], cache[1][:, :, :S], mask)
+        k, v = cache[0][:, :, :S], cache[1][:, :, :S]
+        if mask is None:  # a prefill without padding: causal, which skips the masked blocks
+            attn = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            attn = F.scaled_dot_product_attention(q, k, v, mask)
         attn = p["out"](attn.transpose(1, 2).reshape(B, T, H * hd))
 
         def mlp(y: Any, up: Any = None) -> Any:
@@ -431,10 +435,10 @@ class Int8GPTNeoX:
         keys[:, :P] = real
         causal = torch.ones((P, P), dtype=torch.bool).tril()
         # a padding query attends to itself (never all-masked, so never NaN); real queries
-        # never see padding keys
+        # never see padding keys; without padding the mask is the causal one (None: is_causal)
         att = (causal[None] & real[:, None, :]) | torch.eye(P, dtype=torch.bool)[None]
         cache = self._new_cache(B, cache_len)
-        hidden = self._hidden(tokens, positions, att[:, None], cache, 0)
+        hidden = self._hidden(tokens, positions, None if real.all() else att[:, None], cache, 0)
         return hidden[:, -1], cache, keys, n
 
     def _head_logits(self, hidden: Any, vocab_range: tuple[int, int] | None) -> Any:
@@ -451,8 +455,7 @@ class Int8GPTNeoX:
         with torch.inference_mode():
             ids = torch.from_numpy(tokens.astype(np.int64))
             positions = torch.arange(T)[None].expand(B, T)
-            causal = torch.ones((T, T), dtype=torch.bool).tril()[None, None]
-            hidden = self._hidden(ids, positions, causal, self._new_cache(B, T), 0)
+            hidden = self._hidden(ids, positions, None, self._new_cache(B, T), 0)  # causal
             return self._head_logits(hidden, None).numpy().astype(np.float32)
 
     def prefill_logits(self, tokens: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:

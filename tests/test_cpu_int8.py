@@ -49,6 +49,10 @@ def test_fp32_twin_gives_the_jax_models_logits(model, fp32):
     assert np.all(np.isneginf(got[:, VOCAB:]))  # padding ids can never come
     every = np.asarray(model(toks[:1])[0])[0, :, :VOCAB]
     np.testing.assert_allclose(fp32.logits(toks[:1])[0], every, atol=1e-5)
+    # prompts without padding take the causal attention path (no mask built)
+    full = np.ones(toks.shape, bool)
+    ref = np.asarray(decode.prefill(model, toks, full, cache_len=12, pad_id=0)[0])[:, :VOCAB]
+    np.testing.assert_allclose(fp32.prefill_logits(toks, full)[:, :VOCAB], ref, atol=1e-5)
 
 
 @pytest.mark.parametrize("vocab_range", [None, (200, 264)])
