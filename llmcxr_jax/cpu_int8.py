@@ -11,7 +11,8 @@ quantised path runs the same network in PyTorch rather than teaching XLA a new k
 What: our GPT-NeoX forward written in torch (parallel residual, partial NeoX rotary, exact
 GELU, a KV cache), every Linear (QKV, attention out, MLP in/out, the output head) held as
 per-output-channel symmetric int8 (`scale = max|w_row| / 127`), embeddings and layer norms in
-fp32. `quantize=False` keeps fp32 Linears: the same code as a reference, tested against the JAX
+fp32; with a parallel residual QKV and the MLP's input are one Linear over the normalised
+input, each norm's gain and bias folded into its rows (`_FOLDED_NORM`). `quantize=False` keeps fp32 Linears: the same code as a reference, tested against the JAX
 model. Weights arrive one tensor at a time (from a JAX model, an Orbax checkpoint read leaf by
 leaf, or a Hugging Face directory read lazily), so the fp32 model is never whole in memory.
 
