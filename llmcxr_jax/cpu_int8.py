@@ -12,9 +12,10 @@ What: our GPT-NeoX forward written in torch (parallel residual, partial NeoX rot
 GELU, a KV cache), every Linear (QKV, attention out, MLP in/out, the output head) held as
 per-output-channel symmetric int8 (`scale = max|w_row| / 127`), embeddings and layer norms in
 fp32; with a parallel residual QKV and the MLP's input are one Linear over the normalised
-input, each norm's gain and bias folded into its rows (`_FOLDED_NORM`). `quantize=False` keeps fp32 Linears: the same code as a reference, tested against the JAX
-model. Weights arrive one tensor at a time (from a JAX model, an Orbax checkpoint read leaf by
-leaf, or a Hugging Face directory read lazily), so the fp32 model is never whole in memory.
+input, each norm's gain and bias folded into its rows (`_FOLDED_NORM`). `quantize=False` keeps
+fp32 Linears: the same code as a reference, tested against the JAX model. Weights arrive one
+tensor at a time (from a JAX model, an Orbax checkpoint read layer by layer, or a Hugging Face
+directory read lazily), so the fp32 model is never whole in memory.
 
 Decoding follows `decode.generate`: left-padded prompts, stop tokens, token masks,
 `vocab_range` (image-constrained decoding computes only the image rows of the head and returns
@@ -617,10 +618,10 @@ class Int8GPTNeoX:
 def _checkpoint_tensors(
     path: str | os.PathLike, config: GPTNeoXConfig
 ) -> Iterator[tuple[str, np.ndarray]]:
-    """(HF key, fp32 array) pairs of one of our checkpoints: a stacked parameter one layer at a
-    time where the checkpoint stores it so (`checkpoint.layer_chunked`), else one parameter at a
-    time (Orbax partial restore), so at most one layer's (or one parameter's) fp32 copy is in
-    memory beside the int8 model."""
+    """(HF key, fp32 array) pairs of one of our checkpoints: the layer stack one layer at a
+    time, layer after layer, where the checkpoint stores a chunk per layer
+    (`checkpoint.layer_chunked`), else one parameter at a time (Orbax partial restore), so at
+    most one layer's (or one parameter's) fp32 copy is in memory beside the int8 model."""
     import jax
     import orbax.checkpoint as ocp
 
@@ -649,19 +650,30 @@ def _checkpoint_tensors(
             raise checkpoint.read_error(params_dir, e) from e
         return np.asarray(nested_get(got, key_path))
 
+    def converted(rule: Any, key: str, x: Any) -> tuple[str, np.ndarray]:
+        x = rule.transform.to_torch(np.asarray(x, np.float32), config)
+        return key, np.ascontiguousarray(x, np.float32)
+
+    rules = active_rules(config)
+    stacked = [rule for rule in rules if rule.per_layer]
     with ocp.PyTreeCheckpointer() as ckptr:
-        for rule in active_rules(config):
-            # a stacked parameter stored one chunk per layer is read a layer at a time
-            layers = checkpoint.read_layers(path, rule.path) if rule.per_layer else None
-            whole = None if layers is not None else restore_whole(ckptr, rule.path)
-            if rule.per_layer:
-                items = ((rule.key.format(i=i), x) for i, x in enumerate(layers or iter(whole)))
-            else:
-                items = iter([(rule.key, whole)])
-            for key, x in items:
-                x = np.asarray(x, np.float32)
-                yield key, np.ascontiguousarray(rule.transform.to_torch(x, config), np.float32)
-            whole = layers = items = x = None  # before the next is read: one in memory at a time
+        for rule in rules:
+            if not rule.per_layer:
+                yield converted(rule, rule.key, restore_whole(ckptr, rule.path))
+        readers = [checkpoint.read_layers(path, rule.path) for rule in stacked]
+        if all(r is not None for r in readers):
+            # layer by layer: a weight waiting for its bias (and, folded, its norm) is one
+            # layer's, not all layers' (the MLP's input alone is 3.4 GB fp32 at 3B)
+            for i in range(config.num_layers):
+                for rule, layers in zip(stacked, readers, strict=True):
+                    yield converted(rule, rule.key.format(i=i), next(layers))
+            return
+        for rule, layers in zip(stacked, readers, strict=True):
+            # a checkpoint without a chunk per layer: one parameter (all layers of it) at a time
+            whole = layers or restore_whole(ckptr, rule.path)
+            for i, x in enumerate(whole):
+                yield converted(rule, rule.key.format(i=i), x)
+            whole = layers = x = None  # before the next is read: one in memory at a time
 
 
 def _seed_of(rng: Any) -> int:

@@ -220,6 +220,11 @@ def test_checkpoint_is_read_one_layer_at_a_time_and_older_ones_whole(
         got = cpu_int8.load(tmp_path / name).prefill_logits(toks, mask)
         np.testing.assert_array_equal(got, want)
         assert read and all(r is per_layer for r in read), (name, read)
+        # chunked: layer after layer (a weight never waits for its bias across all layers);
+        # whole: one parameter, all its layers, after another
+        keys = [k for k, _ in cpu_int8._checkpoint_tensors(tmp_path / name, model.config)]
+        layer_of = [int(k.split(".")[2]) for k in keys if k.startswith("gpt_neox.layers.")]
+        assert (layer_of == sorted(layer_of)) is per_layer, (name, layer_of)
 
 
 def test_damaged_checkpoint_is_one_line_naming_it(model, tmp_path):
