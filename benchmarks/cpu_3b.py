@@ -114,45 +114,6 @@ def xla_matvec_gbs(d: int = 2560, copies: int = 4) -> float:
     return reps * copies * nbytes / (time.perf_counter() - t0) / 1e9
 
 
-def fbgemm_input_products_ms(d: int = 2560, copies: int = 8) -> dict[str, float]:
-    """ms per layer of a decoding step's input products in fbgemm int8: QKV (3d rows) and the
-    MLP's input (4d rows) as two Linears, against one Linear of both rows (what `cpu_int8`
-    builds, the layer norms folded in), rotating `copies` layers so none stays in cache."""
-    import torch
-
-    from llmcxr_jax.cpu_int8 import QuantizedRows
-
-    gen = np.random.default_rng(0)
-
-    def linears(*rows: int) -> list:
-        return [
-            QuantizedRows(gen.standard_normal((sum(rows), d), np.float32)).linear()
-            for _ in range(copies)
-        ]
-
-    builds = {
-        "separate": lambda: list(zip(linears(3 * d), linears(4 * d), strict=True)),
-        "fused": lambda: [(f,) for f in linears(7 * d)],
-    }
-    x = torch.ones(1, d)
-    out = {}
-    with torch.inference_mode():
-        for name, build in builds.items():  # one set in memory at a time
-            layers = build()
-            for lins in layers:
-                [lin(x) for lin in lins]
-            times = []
-            for _ in range(7):
-                t0 = time.perf_counter()
-                for _ in range(5):
-                    for lins in layers:
-                        [lin(x) for lin in lins]
-                times.append((time.perf_counter() - t0) / (5 * copies))
-            out[f"{name}_ms"] = float(np.median(times)) * 1e3
-            del layers
-    return out
-
-
 def run_jax(tasks: list[str], seed: int, layers: int) -> dict:
     import jax
     import jax.numpy as jnp
@@ -298,8 +259,6 @@ def run_int8(tasks: list[str], seed: int, layers: int) -> dict:
         out[f"{task}_steady_s"] = time.perf_counter() - t0
         out[f"{task}_new_tokens"] = new
     out["peak_rss_gb"] = peak_rss_gb()
-    del model
-    out["fbgemm_input_products"] = fbgemm_input_products_ms()  # after the peak is taken
     return out
 
 
@@ -458,13 +417,6 @@ def main() -> None:
                 f"\nOne layer's four fp32 products in XLA alone read "
                 f"{mv:.1f} GB/s here, {mv / bws['jax']:.2f}x the read bandwidth measured before "
                 f"the jax engine: the jax rows' ceiling is {bws['jax'] / mv:.2f}x their floor."
-            )
-        if "int8" in results:
-            ip = results["int8"]["fbgemm_input_products"]
-            print(
-                f"\nA decoding layer's QKV and MLP-input products in fbgemm int8: "
-                f"{ip['separate_ms']:.2f} ms as two Linears, {ip['fused_ms']:.2f} ms as the one "
-                f"the int8 engine builds ({ip['separate_ms'] / ip['fused_ms']:.2f}x)."
             )
         print("\nraw: " + json.dumps(results))
 

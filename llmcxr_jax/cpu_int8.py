@@ -11,11 +11,9 @@ quantised path runs the same network in PyTorch rather than teaching XLA a new k
 What: our GPT-NeoX forward written in torch (parallel residual, partial NeoX rotary, exact
 GELU, a KV cache), every Linear (QKV, attention out, MLP in/out, the output head) held as
 per-output-channel symmetric int8 (`scale = max|w_row| / 127`), embeddings and layer norms in
-fp32; with a parallel residual QKV and the MLP's input are one Linear over the normalised
-input, each norm's gain and bias folded into its rows (`_FOLDED_NORM`). `quantize=False` keeps
-fp32 Linears: the same code as a reference, tested against the JAX model. Weights arrive one
-tensor at a time (from a JAX model, an Orbax checkpoint read layer by layer, or a Hugging Face
-directory read lazily), so the fp32 model is never whole in memory.
+fp32. `quantize=False` keeps fp32 Linears: the same code as a reference, tested against the JAX
+model. Weights arrive one tensor at a time (from a JAX model, an Orbax checkpoint read layer by
+layer, or a Hugging Face directory read lazily), so the fp32 model is never whole in memory.
 
 Decoding follows `decode.generate`: left-padded prompts, stop tokens, token masks,
 `vocab_range` (image-constrained decoding computes only the image rows of the head and returns
@@ -92,15 +90,6 @@ class QuantizedRows:
             lin.set_weight_bias(qw, None)
         return RowScaledLinear(lin, bias)
 
-    @classmethod
-    def stacked(cls, parts: Sequence[QuantizedRows]) -> QuantizedRows:
-        """The rows of `parts` one under another (per-row scales: nothing is requantised)."""
-        torch = _torch()
-        out = cls.__new__(cls)
-        out.q = torch.cat([p.q for p in parts])
-        out.scale = torch.cat([p.scale for p in parts])
-        return out
-
     def dequantized(self) -> np.ndarray:
         return (self.q.numpy().astype(np.float32) * self.scale.numpy()[:, None]).astype(np.float32)
 
@@ -152,15 +141,6 @@ def _release_freed_heap() -> None:
         trim(0)
 
 
-# With a parallel residual (GPT-NeoX, dolly), QKV and the MLP's input read the same x through
-# two layer norms. Folding each norm's gain and bias into its projection (W diag(g), W b + c)
-# makes both read the same normalised x, so one int8 Linear of 3D + F rows serves both: on
-# fbgemm at dolly-v2-3b's shapes the fused 17920x2560 product takes 1.24-1.30 ms against
-# 1.64-1.81 ms for the 7680- and 10240-row ones (benchmarks/results/cpu_3b.md), ~14 ms of a
-# decoded token's ~125 over 32 layers. The projection each norm is folded into:
-_FOLDED_NORM = {"qkv": "ln1", "in": "ln2"}
-
-
 def _fp32_linear(w: np.ndarray, b: np.ndarray | None) -> Any:
     torch = _torch()
     lin = torch.nn.Linear(w.shape[1], w.shape[0], bias=b is not None)
@@ -192,7 +172,6 @@ class Int8GPTNeoX:
         self._head_fp32: np.ndarray | None = None
         self._heads: dict[tuple[int, int], Any] = {}
         self._pending: dict[tuple[int, str], np.ndarray] = {}
-        self._folded: dict[tuple[int, str], tuple[QuantizedRows, np.ndarray]] = {}
 
     # -- building ----------------------------------------------------------------------------
 
@@ -234,7 +213,6 @@ class Int8GPTNeoX:
         config = read_hf_config(hf_dir)
         files = TensorFiles(hf_dir)
         keys = [k for k in files.names() if not IGNORED_KEYS.search(k)]
-        keys.sort(key=lambda k: "layernorm" not in k)  # norms first: folded as weights come
         return cls.from_tensors(config, ((k, files.get(k)) for k in keys), quantize)
 
     def _linear(self, w: np.ndarray, b: np.ndarray | None) -> Any:
@@ -261,60 +239,30 @@ class Int8GPTNeoX:
             if name not in _LAYER_KEYS:
                 raise InputError(f"unexpected tensor {key}")
             i, short = int(i_str), _LAYER_KEYS[name]
+            layer = self.layers[i]
             if short.startswith("ln"):
-                self.layers[i][short] = torch.from_numpy(t.copy())
-            else:
-                self._pending[(i, short)] = t
-            del t
-            self._build_ready(i)
+                layer[short] = torch.from_numpy(t.copy())
+                return
+            base = short.rsplit("_", 1)[0]
+            self._pending[(i, short)] = t
+            w, b = self._pending.get((i, base + "_w")), self._pending.get((i, base + "_b"))
+            if w is not None and (b is not None or not self._has_bias(base)):
+                layer[base] = self._linear(w, b)
+                self._pending.pop((i, base + "_w"), None)
+                self._pending.pop((i, base + "_b"), None)
+                del w, b, t
+                _release_freed_heap()
         else:
             raise InputError(f"unexpected tensor {key}")
-
-    @property
-    def fuses_inputs(self) -> bool:
-        """Whether QKV and the MLP's input are one int8 Linear over the normalised x, their
-        norms folded in (`_FOLDED_NORM`): int8 with a parallel residual."""
-        return self.quantize and self.config.use_parallel_residual
-
-    def _build_ready(self, i: int) -> None:
-        """Quantise each Linear of layer `i` whose tensors are all in (a folded one also waits
-        for its norm), as soon as they are, so its fp32 copy is dropped at once."""
-        torch = _torch()
-        layer = self.layers[i]
-        for base in ("qkv", "out", "in", "mlp_out"):
-            w, b = self._pending.get((i, base + "_w")), self._pending.get((i, base + "_b"))
-            if w is None or (b is None and self._has_bias(base)):
-                continue
-            norm = _FOLDED_NORM.get(base) if self.fuses_inputs else None
-            if norm is None:
-                layer[base] = self._linear(w, b)
-            elif norm + "_w" in layer and norm + "_b" in layer:
-                gain, shift = layer[norm + "_w"].numpy(), layer[norm + "_b"].numpy()
-                bias = w @ shift if b is None else w @ shift + b
-                self._folded[(i, base)] = (QuantizedRows(w * gain), bias.astype(np.float32))
-            else:
-                continue
-            del self._pending[(i, base + "_w")], w, b
-            self._pending.pop((i, base + "_b"), None)
-            _release_freed_heap()
-        if (i, "qkv") in self._folded and (i, "in") in self._folded:
-            (q_qkv, b_qkv), (q_in, b_in) = self._folded.pop((i, "qkv")), self._folded.pop((i, "in"))
-            bias = torch.from_numpy(np.concatenate([b_qkv, b_in]))
-            layer["qkv_in"] = QuantizedRows.stacked([q_qkv, q_in]).linear(bias)
-            del q_qkv, q_in
-            _release_freed_heap()
 
     def _has_bias(self, base: str) -> bool:
         return base in ("in", "mlp_out") or self.config.attention_bias
 
     def _finish(self) -> None:
-        linears = (
-            ("qkv_in", "out", "mlp_out") if self.fuses_inputs else ("qkv", "out", "in", "mlp_out")
-        )
         missing = [
             f"layer {i} {name}"
             for i, layer in enumerate(self.layers)
-            for name in ("ln1_w", "ln1_b", "ln2_w", "ln2_b", *linears)
+            for name in ("ln1_w", "ln1_b", "ln2_w", "ln2_b", "qkv", "out", "in", "mlp_out")
             if name not in layer
         ]
         if self.embed_in is None:
@@ -323,7 +271,7 @@ class Int8GPTNeoX:
             missing.append("embed_out")
         if set(self.final_ln) != {"weight", "bias"}:
             missing.append("final_layer_norm")
-        if missing or self._pending or self._folded:
+        if missing or self._pending:
             raise InputError(f"incomplete GPT-NeoX weights: missing {', '.join(missing[:5])}")
         self.head(None)  # packed now, so the first generation does not pay for it
         _release_freed_heap()
@@ -376,14 +324,8 @@ class Int8GPTNeoX:
         c = self.config
         B, T, _ = x.shape
         H, hd = c.num_heads, c.head_dim
-        D, eps = c.hidden_size, c.layer_norm_eps
-        if "qkv_in" in p:  # QKV and the MLP's input in one product, the norms folded in
-            qkv, up = p["qkv_in"](F.layer_norm(x, (D,), None, None, eps)).split(
-                [3 * H * hd, c.intermediate_size], dim=-1
-            )
-        else:
-            qkv, up = p["qkv"](F.layer_norm(x, (D,), p["ln1_w"], p["ln1_b"], eps)), None
-        qkv = qkv.reshape(B, T, H, 3, hd).transpose(1, 2)  # [B, H, T, 3, hd]
+        h = F.layer_norm(x, (c.hidden_size,), p["ln1_w"], p["ln1_b"], c.layer_norm_eps)
+        qkv = p["qkv"](h).view(B, T, H, 3, hd).transpose(1, 2)  # [B, H, T, 3, hd]
         qk = self._rotate(qkv[..., :2, :], cos[..., None, :], sin[..., None, :])  # together
         q, k = qk[..., 0, :], qk[..., 1, :]
         cache[0][:, :, at : at + T] = k
@@ -396,14 +338,14 @@ class Int8GPTNeoX:
             attn = F.scaled_dot_product_attention(q, k, v, mask)
         attn = p["out"](attn.transpose(1, 2).reshape(B, T, H * hd))
 
-        def mlp(y: Any, up: Any = None) -> Any:
-            if up is None:
-                up = p["in"](F.layer_norm(y, (D,), p["ln2_w"], p["ln2_b"], eps))
-            up = F.gelu(up, approximate="none" if c.hidden_act == "gelu" else "tanh")
-            return p["mlp_out"](up)
+        def mlp(y: Any) -> Any:
+            y = F.layer_norm(y, (c.hidden_size,), p["ln2_w"], p["ln2_b"], c.layer_norm_eps)
+            y = p["in"](y)
+            y = F.gelu(y, approximate="none" if c.hidden_act == "gelu" else "tanh")
+            return p["mlp_out"](y)
 
         if c.use_parallel_residual:
-            return x + attn + mlp(x, up)
+            return x + attn + mlp(x)
         x = x + attn
         return x + mlp(x)
 
