@@ -604,8 +604,8 @@ def _checkpoint_tensors(
                 yield converted(rule, rule.key, restore_whole(ckptr, rule.path))
         readers = [checkpoint.read_layers(path, rule.path) for rule in stacked]
         if all(r is not None for r in readers):
-            # layer by layer: a weight waiting for its bias (and, folded, its norm) is one
-            # layer's, not all layers' (the MLP's input alone is 3.4 GB fp32 at 3B)
+            # layer by layer: a weight waiting for its bias is one layer's, not all layers'
+            # (the MLP's input alone is 3.4 GB fp32 at 3B)
             for i in range(config.num_layers):
                 for rule, layers in zip(stacked, readers, strict=True):
                     yield converted(rule, rule.key.format(i=i), next(layers))
